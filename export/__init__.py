@@ -1,0 +1,1 @@
+"""Exporting ViTs to SavedModel, TFLite/LiteRT and ONNX, each verified against Keras."""

@@ -1,0 +1,292 @@
+"""The layers a Vision Transformer is made of.
+
+Shapes use B = batch, H x W = image size, P = patch size, N = number of patches
+(H / P * W / P), T = number of tokens (N, plus 1 with a class token), D = hidden size.
+Every layer is written with `keras.ops` and registered, so a saved model reloads with
+`safe_mode=True`.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_vit.resize import resize_position_embedding
+
+register = keras.saving.register_keras_serializable(package="keras_vit")
+
+# Initialisers of the original implementation (vit_jax).
+DENSE_KERNEL_INIT = "glorot_uniform"
+MLP_BIAS_INIT = keras.initializers.RandomNormal(stddev=1e-6)
+POSITION_INIT = keras.initializers.RandomNormal(stddev=0.02)
+
+
+def gelu(x, approximate=False):
+    """GELU; exact (erf) as in timm and Hugging Face, or the tanh form as in flax/vit_jax.
+
+    The exact form is spelled with `erf` so that every exporter (TFLite builtins, tf2onnx)
+    sees an op it knows.
+    """
+    if approximate:
+        return ops.gelu(x, approximate=True)
+    return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+@register
+class PatchEmbedding(keras.layers.Layer):
+    """Cuts an image into patches and projects each to D: Conv2D(kernel = stride = P), flatten.
+
+    Input: [B, H, W, C]. Output: [B, N, D], patches in row-major order.
+    """
+
+    def __init__(self, patch_size, hidden_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = tuple(patch_size) if not isinstance(patch_size, int) else (patch_size, patch_size)
+        self.hidden_dim = hidden_dim
+        self.projection = keras.layers.Conv2D(
+            hidden_dim,
+            kernel_size=self.patch_size,
+            strides=self.patch_size,
+            padding="valid",
+            kernel_initializer="lecun_normal",
+            dtype=self.dtype_policy,
+            name="projection",
+        )
+
+    def build(self, input_shape):
+        self.projection.build(input_shape)
+
+    def call(self, images):
+        patches = self.projection(images)
+        return ops.reshape(patches, (-1, patches.shape[1] * patches.shape[2], self.hidden_dim))
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape
+        return (batch, (height // self.patch_size[0]) * (width // self.patch_size[1]), self.hidden_dim)
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size, "hidden_dim": self.hidden_dim}
+
+
+@register
+class ClassToken(keras.layers.Layer):
+    """Prepends a learned class token. Input: [B, N, D]. Output: [B, N + 1, D]."""
+
+    def build(self, input_shape):
+        self.token = self.add_weight(shape=(1, 1, input_shape[-1]), initializer="zeros", name="token")
+
+    def call(self, tokens):
+        batch_token = ops.broadcast_to(ops.cast(self.token, tokens.dtype), (ops.shape(tokens)[0], 1, tokens.shape[-1]))
+        return ops.concatenate([batch_token, tokens], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        batch, length, dim = input_shape
+        return (batch, None if length is None else length + 1, dim)
+
+
+@register
+class PositionEmbedding(keras.layers.Layer):
+    """Adds a learned position embedding. Input and output: [B, T, D].
+
+    The embedding is [1, T, D]: `num_prefix_tokens` rows (the class token) followed by the
+    `grid_size` patch grid, row-major.
+    """
+
+    def __init__(self, grid_size, num_prefix_tokens=1, **kwargs):
+        super().__init__(**kwargs)
+        self.grid_size = tuple(grid_size)
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def build(self, input_shape):
+        expected = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+        if input_shape[1] != expected:
+            raise ValueError(f"PositionEmbedding expects {expected} tokens, got input shape {input_shape}.")
+        self.embedding = self.add_weight(
+            shape=(1, expected, input_shape[-1]), initializer=POSITION_INIT, name="embedding"
+        )
+
+    def call(self, tokens):
+        return tokens + ops.cast(self.embedding, tokens.dtype)
+
+    def assign_resized(self, embedding, source_grid_size, method="bilinear"):
+        """Loads an embedding made for another patch grid, resized to this layer's grid.
+
+        `embedding` is [1, P + Hs * Ws, D] for `source_grid_size` (Hs, Ws); the P prefix rows
+        are kept, the grid is interpolated (`"bilinear"` as the original ViT code,
+        `"bicubic"` as timm). Square and non-square grids alike.
+        """
+        resized = resize_position_embedding(
+            embedding, source_grid_size, self.grid_size, self.num_prefix_tokens, method
+        )
+        self.embedding.assign(resized)
+
+    def get_config(self):
+        return {**super().get_config(), "grid_size": self.grid_size, "num_prefix_tokens": self.num_prefix_tokens}
+
+
+@register
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: during training, zeroes a whole residual branch per sample with
+    probability `rate` and rescales the kept ones by 1 / (1 - rate). Identity at inference.
+    Input and output: [B, ...]."""
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        noise = keras.random.uniform(shape, seed=self.seed_generator, dtype=x.dtype)
+        return x * ops.floor(keep + noise) / keep
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@register
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Multi-head self-attention with one fused q/k/v projection.
+
+    Input: [B, T, D]. Output: [B, T, D]. Weights: `qkv` Dense D -> 3D (q, k, v blocks in
+    that order, each heads-major), `output` Dense D -> D.
+    """
+
+    def __init__(self, num_heads, attention_dropout_rate=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.attention_dropout_rate = attention_dropout_rate
+        self.attention_dropout = keras.layers.Dropout(attention_dropout_rate, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.head_dim = dim // self.num_heads
+        self.qkv = keras.layers.Dense(3 * dim, kernel_initializer=DENSE_KERNEL_INIT, dtype=self.dtype_policy, name="qkv")
+        self.output_projection = keras.layers.Dense(
+            dim, kernel_initializer=DENSE_KERNEL_INIT, dtype=self.dtype_policy, name="output"
+        )
+        self.qkv.build(input_shape)
+        self.output_projection.build(input_shape)
+
+    def call(self, x, training=None):
+        length, dim = x.shape[1], x.shape[2]
+        qkv = ops.reshape(self.qkv(x), (-1, length, 3, self.num_heads, self.head_dim))
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, heads, head_dim]
+        query = query * ops.cast(1.0 / math.sqrt(self.head_dim), query.dtype)
+        scores = ops.einsum("bqhd,bkhd->bhqk", query, key)
+        # Softmax in float32: under mixed_float16 the scores can overflow.
+        probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), x.dtype)
+        probs = self.attention_dropout(probs, training=training)
+        context = ops.einsum("bhqk,bkhd->bqhd", probs, value)
+        return self.output_projection(ops.reshape(context, (-1, length, dim)))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "attention_dropout_rate": self.attention_dropout_rate,
+        }
+
+
+@register
+class TransformerBlock(keras.layers.Layer):
+    """Pre-norm encoder block: `x + MHSA(LN(x))`, then `x + MLP(LN(x))`.
+
+    The MLP is Dense(mlp_dim), GELU, dropout, Dense(D), dropout. Each residual branch goes
+    through stochastic depth (`drop_path_rate`). Input and output: [B, T, D].
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        mlp_dim,
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+        drop_path_rate=0.0,
+        gelu_approximate=False,
+        layer_norm_epsilon=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.dropout_rate = dropout_rate
+        self.attention_dropout_rate = attention_dropout_rate
+        self.drop_path_rate = drop_path_rate
+        self.gelu_approximate = gelu_approximate
+        self.layer_norm_epsilon = layer_norm_epsilon
+        policy = self.dtype_policy
+        self.attention_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="attention_norm")
+        self.attention = MultiHeadSelfAttention(num_heads, attention_dropout_rate, dtype=policy, name="attention")
+        self.mlp_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="mlp_norm")
+        self.dropout = keras.layers.Dropout(dropout_rate, dtype=policy)
+        self.drop_path = DropPath(drop_path_rate, dtype=policy)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        policy = self.dtype_policy
+        self.mlp_dense_1 = keras.layers.Dense(
+            self.mlp_dim, kernel_initializer=DENSE_KERNEL_INIT, bias_initializer=MLP_BIAS_INIT, dtype=policy, name="mlp_dense_1"
+        )
+        self.mlp_dense_2 = keras.layers.Dense(
+            dim, kernel_initializer=DENSE_KERNEL_INIT, bias_initializer=MLP_BIAS_INIT, dtype=policy, name="mlp_dense_2"
+        )
+        self.attention_norm.build(input_shape)
+        self.attention.build(input_shape)
+        self.mlp_norm.build(input_shape)
+        self.mlp_dense_1.build(input_shape)
+        self.mlp_dense_2.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
+
+    def call(self, x, training=None):
+        branch = self.attention(self.attention_norm(x), training=training)
+        x = x + self.drop_path(self.dropout(branch, training=training), training=training)
+        branch = gelu(self.mlp_dense_1(self.mlp_norm(x)), self.gelu_approximate)
+        branch = self.mlp_dense_2(self.dropout(branch, training=training))
+        return x + self.drop_path(self.dropout(branch, training=training), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "dropout_rate": self.dropout_rate,
+            "attention_dropout_rate": self.attention_dropout_rate,
+            "drop_path_rate": self.drop_path_rate,
+            "gelu_approximate": self.gelu_approximate,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        }
+
+
+@register
+class TokenPooling(keras.layers.Layer):
+    """Reduces the token sequence to one vector.
+
+    `token`: the class token (the first one). `gap`: the mean of the patch tokens (prefix
+    tokens excluded). Input: [B, T, D]. Output: [B, D].
+    """
+
+    def __init__(self, mode="token", num_prefix_tokens=1, **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def call(self, tokens):
+        if self.mode == "token":
+            return tokens[:, 0]
+        return ops.mean(tokens[:, self.num_prefix_tokens :], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "num_prefix_tokens": self.num_prefix_tokens}

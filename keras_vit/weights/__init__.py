@@ -1,0 +1,1 @@
+"""Pretrained weights: checkpoint formats mapped onto keras_vit models."""

@@ -1,0 +1,1 @@
+"""Training ViTs: data pipelines, recipes, model.fit and the `keras-vit train` command."""
