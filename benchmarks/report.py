@@ -1,0 +1,80 @@
+"""Shared by every benchmark script: machine facts and one section of docs/benchmarks.md.
+
+Each script owns one section, delimited by `<!-- BEGIN name -->` / `<!-- END name -->`, so
+scripts can be re-run on their own without clobbering the others' tables.
+"""
+
+import datetime
+import os
+import pathlib
+import platform
+import re
+
+DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+HEADER = "# Benchmarks\n\nWritten by the scripts under `benchmarks/`; each section says how it was made.\n"
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return " ".join(sorted(f for f in flags if f.startswith(("avx", "fma", "amx"))))
+    except OSError:
+        pass
+    return ""
+
+
+def machine_facts():
+    """A dict of what a reader needs to compare figures: machine, versions, date."""
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads() or "default",
+    }
+
+
+def facts_markdown(facts):
+    return "\n".join(f"- {key}: {value}" for key, value in facts.items())
+
+
+def markdown_table(rows, columns):
+    """rows: list of dicts; columns: list of keys (the header)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_section(name, markdown, doc=DOC):
+    """Replaces (or appends) the section `name` of docs/benchmarks.md with `markdown`."""
+    doc = pathlib.Path(doc)
+    text = doc.read_text() if doc.exists() else HEADER
+    block = f"<!-- BEGIN {name} -->\n{markdown.strip()}\n<!-- END {name} -->"
+    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    tmp = doc.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(doc)
