@@ -1,0 +1,179 @@
+"""The functional builder and the named variants: shapes, sizes, saving, precision, errors."""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+
+import keras_vit
+from keras_vit.config import VARIANTS
+
+TINY = dict(image_size=32, patch_size=4, hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64, num_classes=10)
+IMAGES = np.random.RandomState(0).uniform(-1, 1, (4, 32, 32, 3)).astype("float32")
+
+# Published parameter counts at 224x224 with 1000 classes (timm / the ViT and DeiT papers).
+PUBLISHED_PARAMETERS = {
+    "ViTTi16": 5_717_416,
+    "ViTS16": 22_050_664,
+    "ViTS32": 22_878_952,
+    "ViTB8": 86_576_872,
+    "ViTB16": 86_567_656,
+    "ViTB32": 88_224_232,
+    "ViTL16": 304_326_632,
+    "ViTL32": 306_535_400,
+    "ViTH14": 632_045_800,
+}
+
+
+def tiny(**overrides):
+    return keras_vit.VisionTransformer(**{**TINY, **overrides})
+
+
+@pytest.mark.parametrize("variant", sorted(PUBLISHED_PARAMETERS))
+def test_variant_parameter_count_equals_the_published_one(variant):
+    model = getattr(keras_vit, variant)()
+    assert isinstance(model, keras.Model) and model.name == variant
+    assert model.count_params() == PUBLISHED_PARAMETERS[variant]
+
+
+def test_every_variant_in_the_table_has_a_builder_and_create_model_finds_it():
+    assert set(VARIANTS) == set(PUBLISHED_PARAMETERS)
+    model = keras_vit.create_model("ViTTi16", num_classes=7, image_size=64, num_layers=1)
+    assert model.output_shape == (None, 7) and model.input_shape == (None, 64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, output_shape",
+    [
+        (dict(), (None, 10)),
+        (dict(pooling="gap"), (None, 10)),
+        (dict(representation_size=24), (None, 10)),
+        (dict(include_top=False), (None, 32)),
+        (dict(include_top=False, pooling="gap"), (None, 32)),
+        (dict(include_top=False, representation_size=24), (None, 24)),
+        (dict(include_top=False, pooling=None), (None, 65, 32)),
+        (dict(include_top=False, pooling=None, class_token=False), (None, 64, 32)),
+        (dict(image_size=(32, 48)), (None, 10)),
+        (dict(image_size=(32, 48), include_top=False, pooling=None), (None, 97, 32)),
+        (dict(image_size=24, patch_size=(4, 8), include_top=False, pooling=None), (None, 19, 32)),
+    ],
+)
+def test_output_shape_for_each_pooling_mode_and_image_size(kwargs, output_shape):
+    model = tiny(**kwargs)
+    assert model.output_shape == output_shape
+    height, width = model.input_shape[1:3]
+    out = model.predict(np.zeros((2, height, width, 3), "float32"), verbose=0)
+    assert out.shape == (2,) + output_shape[1:] and out.dtype == np.float32
+
+
+def test_gap_pooling_has_no_class_token_and_token_pooling_has_one():
+    assert "class_token" not in [layer.name for layer in tiny(pooling="gap").layers]
+    assert "class_token" in [layer.name for layer in tiny().layers]
+
+
+def test_applications_signature_accepts_input_shape_and_classifier_activation():
+    model = keras_vit.ViTTi16(input_shape=(64, 32, 3), num_classes=5, classifier_activation="softmax", num_layers=1)
+    assert model.input_shape == (None, 64, 32, 3)
+    probs = model.predict(np.random.RandomState(0).normal(size=(3, 64, 32, 3)), verbose=0)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+
+
+def test_inference_is_deterministic_and_dropout_and_drop_path_only_act_in_training():
+    model = tiny(dropout_rate=0.3, attention_dropout_rate=0.3, drop_path_rate=0.3)
+    for w in model.weights:  # the zero-initialised head would hide any difference
+        w.assign(np.random.RandomState(1).normal(0, 0.2, w.shape).astype("float32"))
+    first, second = (keras.ops.convert_to_numpy(model(IMAGES, training=False)) for _ in range(2))
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(model.predict(IMAGES, verbose=0), model.predict(IMAGES, verbose=0))
+    np.testing.assert_allclose(model.predict(IMAGES, verbose=0), first, atol=1e-5)  # graph vs eager
+    trained = keras.ops.convert_to_numpy(model(IMAGES, training=True))
+    assert np.abs(trained - first).max() > 1e-3
+
+
+def test_drop_path_rate_grows_linearly_over_the_blocks():
+    model = tiny(num_layers=3, drop_path_rate=0.2)
+    rates = [model.get_layer(f"encoder_block_{i}").drop_path_rate for i in range(3)]
+    np.testing.assert_allclose(rates, [0.0, 0.1, 0.2])
+
+
+def test_tiny_vit_overfits_a_fixed_batch_to_full_training_accuracy():
+    rng = np.random.RandomState(0)
+    images = rng.uniform(-1, 1, (32, 16, 16, 3)).astype("float32")
+    labels = np.arange(32) % 4
+    model = keras_vit.VisionTransformer(image_size=16, patch_size=4, hidden_dim=32, num_layers=1, num_heads=2, mlp_dim=64, num_classes=4)
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = model.fit(images, labels, batch_size=32, epochs=150, verbose=0)
+    assert history.history["accuracy"][-1] == 1.0
+    assert model.evaluate(images, labels, verbose=0)[1] == 1.0
+
+
+def test_saved_model_reloads_in_safe_mode_with_identical_outputs(tmp_path):
+    model = tiny(representation_size=16, pooling="gap", class_token=True, gelu_approximate=True, drop_path_rate=0.1)
+    for w in model.weights:
+        w.assign(np.random.RandomState(2).normal(0, 0.2, w.shape).astype("float32"))
+    path = tmp_path / "vit.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(reloaded.predict(IMAGES, verbose=0), model.predict(IMAGES, verbose=0))
+    assert [type(layer).__name__ for layer in reloaded.layers] == [type(layer).__name__ for layer in model.layers]
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in reloaded.layers)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_builds_trains_and_predicts_with_float32_logits(policy):
+    reference = tiny()
+    for w in reference.weights:
+        w.assign(np.random.RandomState(3).normal(0, 0.1, w.shape).astype("float32"))
+    expected = reference.predict(IMAGES, verbose=0)
+
+    keras.mixed_precision.set_global_policy(policy)
+    model = tiny()
+    model.set_weights(reference.get_weights())
+    block = model.get_layer("encoder_block_0")
+    assert block.compute_dtype == policy.split("_")[1] and block.variable_dtype == "float32"
+    out = model.predict(IMAGES, verbose=0)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=0.1)  # half precision, same function
+
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    losses = model.fit(IMAGES, np.arange(4), epochs=3, verbose=0).history["loss"]
+    assert np.isfinite(losses).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(image_size=30), "patch_size 4x4 does not divide image_size 30x30"),
+        (dict(image_size=(32, 30)), "patch_size 4x4 does not divide image_size 32x30"),
+        (dict(num_heads=5), "num_heads 5 does not divide hidden_dim 32"),
+        (dict(pooling="max"), "Unknown pooling 'max'"),
+        (dict(pooling=None), "pooling=None .* needs include_top=False"),
+        (dict(pooling="token", class_token=False), "pooling='token' needs class_token=True"),
+        (dict(dropout_rate=1.0), "dropout_rate must be in"),
+        (dict(image_size=(32, 32, 3)), "image_size must be an int or a \\(height, width\\) pair"),
+        (dict(input_shape=(64, 64, 3)), "image_size 32 and input_shape \\(64, 64, 3\\) disagree"),
+    ],
+)
+def test_bad_configuration_raises_a_clear_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**kwargs)
+
+
+def test_unknown_variant_names_the_known_ones():
+    with pytest.raises(ValueError, match=re.escape("Unknown model 'ViTX16'") + ".*ViTB16"):
+        keras_vit.create_model("ViTX16")
+
+
+@pytest.mark.slow  # fits a ViT-B/16 at 224x224
+def test_readme_usage_example_runs_as_written():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    assert "keras_vit.ViTB16(num_classes=100)" in example
+    exec(compile(example, "README.md", "exec"), {})
