@@ -175,14 +175,17 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def call(self, x, training=None):
         length, dim = x.shape[1], x.shape[2]
         qkv = ops.reshape(self.qkv(x), (-1, length, 3, self.num_heads, self.head_dim))
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, heads, head_dim]
+        # One transpose to [3, B, heads, T, head_dim]; then both attention products are plain
+        # batched matmuls with no further transposes (the einsums below need none).
+        query, key, value = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
         query = query * ops.cast(1.0 / math.sqrt(self.head_dim), query.dtype)
-        scores = ops.einsum("bqhd,bkhd->bhqk", query, key)
+        scores = ops.einsum("bhqd,bhkd->bhqk", query, key)
         # Softmax in float32: under mixed_float16 the scores can overflow.
         probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), x.dtype)
         probs = self.attention_dropout(probs, training=training)
-        context = ops.einsum("bhqk,bkhd->bqhd", probs, value)
-        return self.output_projection(ops.reshape(context, (-1, length, dim)))
+        context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
+        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (-1, length, dim))
+        return self.output_projection(context)
 
     def compute_output_shape(self, input_shape):
         return input_shape

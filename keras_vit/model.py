@@ -61,6 +61,17 @@ def build_vit(config, input_tensor=None, name="vit"):
     return keras.Model(inputs, x, name=name)
 
 
+class _FromWeights:
+    """Default of the options a checkpoint decides when `weights` is given (its classifier
+    size, its pre-logits layer); without `weights` they fall back to 1000 and None."""
+
+    def __repr__(self):
+        return "FROM_WEIGHTS"
+
+
+FROM_WEIGHTS = _FromWeights()
+
+
 def _resolve_image_size(image_size, input_shape, default):
     if input_shape is not None:
         if len(input_shape) != 3:
@@ -79,10 +90,10 @@ def VisionTransformer(
     num_layers=12,
     num_heads=12,
     mlp_dim=3072,
-    num_classes=1000,
+    num_classes=FROM_WEIGHTS,
     include_top=True,
     pooling="token",
-    representation_size=None,
+    representation_size=FROM_WEIGHTS,
     dropout_rate=0.0,
     attention_dropout_rate=0.0,
     drop_path_rate=0.0,
@@ -99,22 +110,33 @@ def VisionTransformer(
         image_size: int or (height, width); every side a multiple of `patch_size`.
         patch_size: int or (height, width) of the square patches cut by the stem.
         hidden_dim, num_layers, num_heads, mlp_dim: width, depth, heads, MLP size.
-        num_classes: classifier outputs (with `include_top`).
+        num_classes: classifier outputs (with `include_top`); default 1000, or the
+            checkpoint's when `weights` has a classifier.
         include_top: with the classifier; without it the model returns features.
         pooling: `"token"` (class token), `"gap"` (mean of patch tokens, no class token
             unless `class_token=True`), or None for the whole [B, T, D] token sequence
             (only with `include_top=False`).
         representation_size: width of the pre-logits Dense + tanh layer; None for none.
+            Default none, or the checkpoint's pre-logits layer when `weights` has one
+            (pass None to drop it).
         dropout_rate, attention_dropout_rate, drop_path_rate: regularisation; all off at
             inference. The drop-path rate grows linearly to `drop_path_rate` at the last block.
         classifier_activation: None for logits, or e.g. `"softmax"`.
         name: the model's name.
-        weights: None, or a checkpoint (path, URL or named weights) to load.
+        weights: None, or a checkpoint to load: a path (original ViT `.npz`, timm
+            `.safetensors`, Hugging Face folder), a URL, or a name such as
+            `"augreg_in21k"` (see `keras_vit.weights.available_weights()`). Options not
+            given explicitly (`num_classes`, `representation_size`, `gelu_approximate`,
+            `layer_norm_epsilon`) then follow the checkpoint and its source.
         input_shape: (height, width, channels), an alternative to `image_size`.
         input_tensor: an existing Keras tensor to use as the model's input.
         **options: further `ViTConfig` fields: `class_token`, `num_channels`,
             `gelu_approximate`, `layer_norm_epsilon`.
     """
+    explicit = {key for key in ("gelu_approximate", "layer_norm_epsilon") if key in options}
+    explicit |= {key for key, value in (("num_classes", num_classes), ("representation_size", representation_size)) if value is not FROM_WEIGHTS}
+    num_classes = 1000 if num_classes is FROM_WEIGHTS else num_classes
+    representation_size = None if representation_size is FROM_WEIGHTS else representation_size
     size, channels = _resolve_image_size(image_size, input_shape, 224)
     config = ViTConfig(
         image_size=size,
@@ -134,9 +156,10 @@ def VisionTransformer(
         **{"num_channels": channels, **options},
     )
     if weights is not None:
-        from keras_vit.weights import build_with_weights
+        from keras_vit.weights import SOURCE_DECIDED_FIELDS, build_with_weights
 
-        return build_with_weights(config, weights, input_tensor=input_tensor, name=name)
+        from_weights = tuple(key for key in SOURCE_DECIDED_FIELDS if key not in explicit)
+        return build_with_weights(config, weights, input_tensor=input_tensor, name=name, from_weights=from_weights)
     return build_vit(config, input_tensor=input_tensor, name=name)
 
 
@@ -149,7 +172,7 @@ def _make_variant(variant):
         input_shape=None,
         image_size=None,
         pooling="token",
-        num_classes=1000,
+        num_classes=FROM_WEIGHTS,
         classifier_activation=None,
         name=variant,
         input_tensor=None,
@@ -177,7 +200,8 @@ def _make_variant(variant):
         f"ViT-{size}/{patch}: {VisionTransformer.__doc__.splitlines()[0]}\n\n"
         "Same signature as `keras.applications` builders: `include_top`, `weights`, "
         "`input_shape` or `image_size` (default 224), `pooling`, `num_classes`, "
-        "`classifier_activation`, plus any `VisionTransformer` keyword as an override."
+        "`classifier_activation`, plus any `VisionTransformer` keyword as an override. "
+        "`num_classes` defaults to 1000, or to the classifier of `weights`."
     )
     return builder
 

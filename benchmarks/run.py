@@ -1,0 +1,193 @@
+"""keras_vit against keras-hub (and the machine's matmul limit), in one run on one machine.
+
+    python benchmarks/run.py            # full run: ViT-Ti/16 and ViT-B/16, batch 1 and 8, training
+    python benchmarks/run.py --quick    # a few minutes: ViT-Ti/16 batch 1, float32 training only
+
+Peers are timed interleaved (round-robin, several rounds) so that machine noise hits all of
+them alike; every figure is a median with its interquartile range, and each is given as a
+ratio to keras-hub measured in the same run. Prints the tables and writes the
+"performance" section of docs/benchmarks.md.
+"""
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import peers  # noqa: E402
+import report  # noqa: E402
+
+
+def log(message):
+    print(f"[bench] {message}", flush=True)
+
+
+def summarise(samples):
+    q25, median, q75 = np.percentile(np.asarray(samples) * 1000.0, [25, 50, 75])
+    return {"median_ms": median, "iqr_ms": (q25, q75), "n": len(samples)}
+
+
+def time_interleaved(functions, rounds, calls_per_round, warmup=2):
+    """{name: fn} -> {name: summary}; each fn must block until its result exists."""
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, fn in functions.items():
+            for _ in range(calls_per_round):
+                start = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - start)
+    return {name: summarise(s) for name, s in samples.items()}
+
+
+def matmul_gflops(rounds):
+    """The practical fp32 limit: a large square matmul, GFLOP/s (median)."""
+    n = 2048
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    matmul = tf.function(lambda: tf.linalg.matmul(a, b))
+    stats = time_interleaved({"matmul": lambda: matmul().numpy()}, rounds=rounds, calls_per_round=5)["matmul"]
+    return 2 * n**3 / (stats["median_ms"] / 1000.0) / 1e9
+
+
+def keras_inference_paths(name, model, images):
+    """The ways a Keras user runs a model: predict_on_batch, tf.function, tf.function + XLA."""
+    plain = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    xla = tf.function(lambda x: model(x, training=False), jit_compile=True, reduce_retracing=True)
+    return {
+        f"{name} predict_on_batch": lambda: model.predict_on_batch(images),
+        f"{name} tf.function": lambda: plain(images).numpy(),
+        f"{name} tf.function+XLA": lambda: xla(images).numpy(),
+    }
+
+
+def export_paths(model, images, workdir):
+    """keras_vit's own exports of `model`: ONNX Runtime (plain and fused) and LiteRT (XNNPACK)."""
+    from keras_vit.export import bench_runners
+
+    return bench_runners(model, images, workdir)
+
+
+def inference_table(sizes, batches, rounds, with_exports):
+    rows = []
+    for size in sizes:
+        models = {name: build(size, 224, 16) for name, build in peers.PEERS.items()}
+        flops = peers.forward_flops(size, 224, 16)
+        for batch in batches:
+            images = np.random.RandomState(0).uniform(-1, 1, (batch, 224, 224, 3)).astype("float32")
+            functions = {}
+            for name, model in models.items():
+                functions.update(keras_inference_paths(name, model, images))
+            if with_exports:
+                with tempfile.TemporaryDirectory() as workdir:
+                    functions.update(export_paths(models["keras_vit"], images, workdir))
+                    log(f"ViT-{size}/16 batch {batch}: timing {len(functions)} paths")
+                    results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
+            else:
+                log(f"ViT-{size}/16 batch {batch}: timing {len(functions)} paths")
+                results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
+            reference = min(results["keras-hub predict_on_batch"]["median_ms"], results["keras-hub tf.function+XLA"]["median_ms"])
+            for path, stats in results.items():
+                rows.append(
+                    {
+                        "model": f"ViT-{size}/16",
+                        "batch": batch,
+                        "path": path,
+                        "median ms": f"{stats['median_ms']:.1f}",
+                        "IQR ms": f"{stats['iqr_ms'][0]:.1f}-{stats['iqr_ms'][1]:.1f}",
+                        "vs best keras-hub": f"{stats['median_ms'] / reference:.2f}",
+                        "GFLOP/s": f"{flops * batch / (stats['median_ms'] / 1000) / 1e9:.0f}",
+                    }
+                )
+        del models
+        keras.backend.clear_session()
+    return rows
+
+
+def training_table(variants, rounds):
+    """Train-step time of a ViT-Ti-shaped model at 32x32, patch 4, batch 64, AdamW."""
+    rows = []
+    images = np.random.RandomState(0).uniform(-1, 1, (64, 32, 32, 3)).astype("float32")
+    labels = np.random.RandomState(1).randint(0, 10, 64)
+    flops = 3 * peers.forward_flops("Ti", 32, 4, num_classes=10) * 64
+    for policy, jit in variants:
+        keras.mixed_precision.set_global_policy(policy)
+        functions = {}
+        for name, build in peers.PEERS.items():
+            model = build("Ti", 32, 4, num_classes=10)
+            model.compile(
+                optimizer=keras.optimizers.AdamW(1e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=jit,
+            )
+            functions[name] = lambda model=model: model.train_on_batch(images, labels)
+        log(f"training step, {policy}, XLA={jit}")
+        results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
+        for name, stats in results.items():
+            rows.append(
+                {
+                    "peer": name,
+                    "precision": policy,
+                    "XLA": jit,
+                    "median ms": f"{stats['median_ms']:.0f}",
+                    "IQR ms": f"{stats['iqr_ms'][0]:.0f}-{stats['iqr_ms'][1]:.0f}",
+                    "vs keras-hub": f"{stats['median_ms'] / results['keras-hub']['median_ms']:.2f}",
+                    "GFLOP/s": f"{flops / (stats['median_ms'] / 1000) / 1e9:.0f}",
+                }
+            )
+        keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("float32")
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="ViT-Ti/16 batch 1 and float32 training only (minutes)")
+    parser.add_argument("--no-exports", action="store_true", help="skip the ONNX Runtime / LiteRT paths")
+    parser.add_argument("--doc", default=str(report.DOC), help="markdown file to write the section into")
+    args = parser.parse_args(argv)
+
+    facts = report.machine_facts()
+    rounds = 3 if args.quick else 7
+    log("fp32 matmul throughput")
+    limit = matmul_gflops(rounds)
+    log(f"matmul: {limit:.0f} GFLOP/s")
+    sizes, batches = (["Ti"], [1]) if args.quick else (["Ti", "B"], [1, 8])
+    inference = inference_table(sizes, batches, rounds, with_exports=not args.no_exports)
+    variants = [("float32", False)] if args.quick else [("float32", False), ("float32", True), ("mixed_bfloat16", False)]
+    training = training_table(variants, rounds)
+
+    inference_columns = ["model", "batch", "path", "median ms", "IQR ms", "vs best keras-hub", "GFLOP/s"]
+    training_columns = ["peer", "precision", "XLA", "median ms", "IQR ms", "vs keras-hub", "GFLOP/s"]
+    markdown = "\n\n".join(
+        [
+            "## Performance: keras_vit vs keras-hub" + (" (quick run)" if args.quick else ""),
+            "Made by `python benchmarks/run.py" + (" --quick" if args.quick else "") + "`. Peers timed interleaved in one "
+            "process; median and interquartile range over all calls; ratios against keras-hub's best path "
+            "(its `predict_on_batch` or `tf.function`+XLA, whichever is faster) in the same run.",
+            report.facts_markdown({**facts, "fp32 matmul (2048^3), GFLOP/s": f"{limit:.0f}"}),
+            "### Inference, 224x224, float32",
+            report.markdown_table(inference, inference_columns),
+            "### Training step, ViT-Ti shape at 32x32, patch 4, batch 64, AdamW",
+            report.markdown_table(training, training_columns),
+        ]
+    )
+    print(markdown)
+    report.write_section("performance", markdown, doc=args.doc)
+    log(f"wrote {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
