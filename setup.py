@@ -27,6 +27,7 @@ setup(
             "scikit-learn>=1.5,<2",
             "matplotlib>=3.8,<4",
             "pyyaml>=6,<7",
+            "tensorboard>=2.20,<2.22",  # the TensorBoard callback's summary writer
         ],
         "export": [
             "tf2onnx>=1.17,<1.18",
@@ -34,8 +35,11 @@ setup(
             "onnxruntime>=1.20,<2",
             "ai-edge-litert>=2.0,<3",
         ],
+        "bench": [
+            "keras-hub>=0.32,<0.33",  # the peer the benchmarks compare against
+        ],
         "test": [
-            "keras_vit[train,export]",
+            "keras_vit[train,export,bench]",
             "pytest>=8,<10",
             "pytest-xdist>=3.5,<4",
         ],

@@ -1,0 +1,81 @@
+"""`keras-vit export RUN_DIR_OR_MODEL [--formats ...] [--quantize ...] [--out DIR]`.
+
+With no --formats / --quantize, exports every format and every TFLite quantization, then
+prints the report table. Exit codes: 0 all verified, 1 an artifact failed verification,
+2 bad input (message on stderr, no trace).
+"""
+
+import argparse
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FORMATS = ("saved_model", "tflite", "onnx")  # kept in step with pipeline.FORMATS (tested)
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-vit export",
+        description="Export a keras_vit model to SavedModel, TFLite/LiteRT and ONNX; verify every "
+        "artifact against the Keras model and write export_report.json / .md.",
+    )
+    parser.add_argument("source", metavar="RUN_DIR_OR_MODEL", help="a training run folder or a .keras file")
+    parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {','.join(FORMATS)} (default: all)")
+    parser.add_argument(
+        "--quantize",
+        default=",".join(QUANTIZATIONS),
+        help=f"TFLite quantizations, comma-separated, from {','.join(QUANTIZATIONS)} (default: all); "
+        "SavedModel and ONNX are float32",
+    )
+    parser.add_argument("--out", default=None, help="output folder (default: RUN_DIR/export, or MODEL_export next to a .keras file)")
+    parser.add_argument(
+        "--calibration",
+        default=None,
+        help="int8 calibration images: a run folder, a .npy of uint8 [N,H,W,3] or an image folder "
+        "(default: the run's train split; required for int8 from a bare .keras file)",
+    )
+    parser.add_argument("--num-images", type=int, default=1000, help="at most this many verification images (default 1000)")
+    parser.add_argument("--latency-repeats", type=int, default=20, help="timed runs per latency figure (default 20)")
+    return parser
+
+
+def default_out(source):
+    source = pathlib.Path(source)
+    return source / "export" if source.is_dir() else source.with_name(source.stem + "_export")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from keras_vit.export import pipeline
+    from keras_vit.export.report import markdown
+    from keras_vit.export.source import ExportError
+
+    if args.num_images < 8:
+        print("keras-vit export: error: --num-images must be at least 8", file=sys.stderr)
+        return 2
+    try:
+        result = pipeline.export(
+            args.source,
+            args.out or default_out(args.source),
+            formats=args.formats,
+            quantizations=args.quantize,
+            calibration=args.calibration,
+            num_images=args.num_images,
+            latency_repeats=args.latency_repeats,
+        )
+    except ExportError as error:
+        print(f"keras-vit export: error: {error}", file=sys.stderr)
+        return 2
+    print()
+    print(markdown(result))
+    if not result["passed"]:
+        print("keras-vit export: some artifacts failed verification (see above); they were not written.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""ONNX export through tf2onnx (opset 17+, dynamic batch), run with onnxruntime.
+
+Exact GELU: keras_vit spells it `0.5 * x * (1 + erf(x / sqrt(2)))`, which tf2onnx maps to
+ONNX `Erf`. A graph that uses `tf.nn.gelu` instead (`keras.activations.gelu`,
+`keras.ops.gelu(approximate=False)`) contains the TF op `Erfc`, which tf2onnx does not
+convert ("Tensorflow op Erfc is not supported", the failure of Keras'
+`model.export(format="onnx")`); `_erfc_handler` rewrites it as `1 - Erf(x)`, so every
+model converts whatever its GELU.
+
+Optimised for serving: `optimize` rewrites the converted graph with onnxruntime's fused
+transformer ops (LayerNormalization, com.microsoft Attention and Gelu/FastGelu; the patterns
+and why onnxruntime's own optimizer does not find them are in `onnx_fusions`). The result
+is a plain `.onnx` file (no hardware-specific optimisation baked in) that any stock
+onnxruntime CPU session loads; onnxruntime applies its own graph optimisations on top when
+it loads it, as it does for the plain graph.
+
+Model interface (plain and optimised alike): input `images` float32 [batch, H, W, 3]
+(normalised), output logits float32 [batch, C].
+"""
+
+import numpy as np
+
+OPSET = 17
+FILE_NAME = "model.onnx"
+OPTIMIZED_FILE_NAME = "model_optimized.onnx"
+
+
+def _erfc_handler(ctx, node, name, args):
+    """tf2onnx handler: TF `Erfc(x)` -> ONNX `Sub(1, Erf(x))`."""
+    from onnx import numpy_helper  # noqa: F401 (tf2onnx needs onnx; fail early if absent)
+    from tf2onnx import utils
+
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.insert_new_node_on_input(node, "Erf", node.input[0], name=utils.make_name(node.name + "_erf"))
+    one = ctx.make_const(utils.make_name(node.name + "_one"), np.array(1, dtype=dtype))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
+def convert(model, opset=OPSET):
+    """Keras model -> `onnx.ModelProto` with a dynamic batch axis, checked by `onnx.checker`."""
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="images")
+    function = tf.function(lambda images: model(images, training=False))
+    proto, _ = tf2onnx.convert.from_function(
+        function,
+        input_signature=[spec],
+        opset=opset,
+        custom_op_handlers={"Erfc": (_erfc_handler, [])},
+    )
+    batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    batch.dim_param = "batch"  # a readable name for the dynamic axis
+    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def optimize(proto):
+    """Converted `onnx.ModelProto` -> (fused `onnx.ModelProto`, {fused op type: count}).
+
+    The counts are what actually matched (0 for a pattern that was not found); the input
+    proto is not modified. The result passes `onnx.checker` (contrib ops are not checked
+    against a schema there; onnxruntime checks them when it loads the model).
+    """
+    import onnx
+
+    from keras_vit.export import onnx_fusions
+
+    fused, counts = onnx_fusions.fuse(proto)
+    onnx.checker.check_model(fused, full_check=True)
+    return fused, counts
+
+
+def describe(path):
+    """Facts for the report: opset, input/output shapes, op types."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    dims = lambda value: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]  # noqa: E731
+    return {
+        "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        "input_shape": dims(proto.graph.input[0]),
+        "output_shape": dims(proto.graph.output[0]),
+        # Ops of other domains than ONNX's (onnxruntime's contrib ops) as `domain:OpType`.
+        "ops": sorted({f"{node.domain}:{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type for node in proto.graph.node}),
+    }
+
+
+def load_runner(path, num_threads=None):
+    """A `.onnx` file as `run(images float32 [B, H, W, 3]) -> logits [B, C]` in onnxruntime (CPU).
+
+    `num_threads`: onnxruntime's intra-op threads (None: its default, one per core).
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if num_threads:
+        options.intra_op_num_threads = num_threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def run(images):
+        return session.run(None, {input_name: np.asarray(images, np.float32)})[0]
+
+    return run

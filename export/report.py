@@ -1,0 +1,77 @@
+"""The export report: `export_report.json` and the same rows as a markdown table."""
+
+import json
+
+COLUMNS = (
+    ("artifact", "artifact"),
+    ("quantization", "quantization"),
+    ("size", "size"),
+    ("max abs diff", "max_abs_diff"),
+    ("top-1 agreement", "top1_agreement"),
+    ("accuracy", "accuracy"),
+    ("latency b1 (ms)", "latency_ms_batch1"),
+    ("latency b8 (ms)", "latency_ms_batch8"),
+    ("verified", "passed"),
+)
+
+
+def human_size(num_bytes):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+
+
+def _cell(key, row):
+    value = row.get(key)
+    if value is None:
+        return "–"
+    if key == "size":
+        return human_size(row["size_bytes"])
+    if key == "max_abs_diff":
+        return f"{value:.1e}"
+    if key in ("top1_agreement", "accuracy"):
+        return f"{value:.2%}"
+    if key.startswith("latency"):
+        return f"{value:.2f}"
+    if key == "passed":
+        return "reference" if row["artifact"] == "keras" else ("yes" if value else "**FAILED**")
+    return str(value)
+
+
+def _fused(row):
+    """" (fused: 25 LayerNormalization, ...)" for the optimised ONNX row, else ""."""
+    fused = {op: n for op, n in (row.get("details") or {}).get("fused_ops", {}).items() if n}
+    return f" (fused: {', '.join(f'{n} {op}' for op, n in fused.items())})" if fused else ""
+
+
+def markdown(report):
+    """The report as markdown: a context line, the table, failures and TFLite ops."""
+    data = report["verification_data"]
+    lines = [
+        f"Model: `{report['model']}`; verified on {data['description']} ({data['num_images']} images); "
+        f"latency: median of {report['latency_repeats']} runs on this machine ({report['machine']}), "
+        "Keras (tf.function) measured in the same run.",
+        "",
+        "| " + " | ".join(title for title, _ in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for row in report["artifacts"]:
+        size_row = {**row, "size": row.get("size_bytes")}
+        lines.append("| " + " | ".join(_cell(key, size_row) for _, key in COLUMNS) + " |")
+    failed = [row for row in report["artifacts"] if row.get("failures")]
+    if failed:
+        lines.append("")
+        lines.extend(f"- **{row['artifact']}** failed: {'; '.join(row['failures'])}" for row in failed)
+    extras = [row for row in report["artifacts"] if row.get("ops")]
+    if extras:
+        lines.append("")
+        lines.append("Ops (TFLite: builtin only, no Flex/custom ops; ONNX: op types, onnxruntime contrib ops as `com.microsoft:Op`):")
+        lines.extend(f"- {row['artifact']}: {', '.join(row['ops'])}{_fused(row)}" for row in extras)
+    return "\n".join(lines) + "\n"
+
+
+def write(report, folder):
+    """Writes `export_report.json` and `export_report.md` into `folder`."""
+    (folder / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "export_report.md").write_text(markdown(report))

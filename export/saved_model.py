@@ -1,0 +1,78 @@
+"""SavedModel export for TF Serving: a float-image signature and an encoded-bytes signature.
+
+Signatures (B is dynamic):
+- `serving_default(images)`: float32 [B, H, W, 3], already normalised (see
+  `keras_vit.preprocess_input`) -> `logits` float32 [B, C], `probabilities` float32 [B, C].
+- `serving_bytes(image_bytes)`: string [B] of encoded JPEG/PNG/BMP/GIF images of any size
+  -> `class_ids` int32 [B, k], `scores` float32 [B, k] (softmax probabilities, best
+  first), `class_names` string [B, k]. Decoding, resizing and normalisation happen inside
+  the graph, with the functions training evaluates with (`resize_uint8`: bilinear,
+  antialiased, rounded to uint8; then `preprocess_input`).
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_vit import preprocess_input
+from keras_vit.training.data import resize_uint8  # the evaluation resize, one definition
+
+DEFAULT_SIGNATURE = "serving_default"
+BYTES_SIGNATURE = "serving_bytes"
+TOP_K = 5
+
+
+def export_saved_model(model, facts, path, top_k=TOP_K):
+    """Writes a SavedModel with both signatures to `path` (a folder that must not exist)."""
+    height, width = facts["image_size"]
+    class_names = tf.constant([str(name) for name in facts["class_names"]])
+    k = min(top_k, len(facts["class_names"]))
+    mean, std = [float(v) for v in facts["mean"]], [float(v) for v in facts["std"]]
+
+    def serve_images(images):
+        logits = model(images, training=False)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+
+    def decode(image_bytes):
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        image = tf.ensure_shape(resize_uint8(image, (height, width)), [height, width, 3])
+        return preprocess_input(image, mean, std)
+
+    def serve_bytes(image_bytes):
+        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
+        probabilities = tf.nn.softmax(model(images, training=False), axis=-1)
+        scores, class_ids = tf.math.top_k(probabilities, k=k)
+        return {"class_ids": class_ids, "scores": scores, "class_names": tf.gather(class_names, class_ids)}
+
+    # Keras' ExportArchive tracks the variables so that TF1-style loaders (saved_model_cli,
+    # TF Serving) restore them too; a plain tf.Module holding the model does not.
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        DEFAULT_SIGNATURE, serve_images, [tf.TensorSpec([None, height, width, 3], tf.float32, name="images")]
+    )
+    archive.add_endpoint(BYTES_SIGNATURE, serve_bytes, [tf.TensorSpec([None], tf.string, name="image_bytes")])
+    archive.write_out(str(path), verbose=False)
+
+
+def load_runner(path):
+    """A reloaded SavedModel as `run(images float32 [B, H, W, 3]) -> logits [B, C]` (numpy)."""
+    loaded = tf.saved_model.load(str(path))
+    serve = loaded.signatures[DEFAULT_SIGNATURE]
+
+    def run(images):
+        return serve(images=tf.constant(images, tf.float32))["logits"].numpy()
+
+    run.loaded = loaded  # keeps the object (and its variables) alive
+    return run
+
+
+def run_bytes_signature(path_or_loaded, encoded_images):
+    """Calls `serving_bytes` on a list of encoded images -> dict of numpy outputs."""
+    loaded = tf.saved_model.load(str(path_or_loaded)) if not hasattr(path_or_loaded, "signatures") else path_or_loaded
+    outputs = loaded.signatures[BYTES_SIGNATURE](image_bytes=tf.constant(encoded_images))
+    return {key: value.numpy() for key, value in outputs.items()}
+
+
+def encode_png(images):
+    """uint8 [N, H, W, 3] -> list of N PNG byte strings (lossless, for exact checks)."""
+    return [tf.io.encode_png(image).numpy() for image in images]

@@ -1,0 +1,120 @@
+"""TFLite / LiteRT export: float32, float16, dynamic-range int8 and full-integer int8.
+
+Every model is converted with TFLite builtin ops only (no Flex / SELECT_TF_OPS, which a
+stock mobile runtime lacks), from a concrete function whose variables are frozen into
+constants (converting the Keras model's un-frozen function leaves VAR_HANDLE /
+READ_VARIABLE ops and gives NaNs).
+
+Model interface, every quantization alike: input float32 [B, H, W, 3] (normalised, as the
+Keras model; B is 1 in the file and resized at run time), output float32 logits [B, C].
+`int8` quantizes weights and activations (all ops in int8, TFLITE_BUILTINS_INT8) with a
+float32 interface, so the same pre-processing serves every variant.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+FILE_NAMES = {q: f"model_{'float32' if q == 'none' else q}.tflite" for q in QUANTIZATIONS}
+NUM_CALIBRATION_IMAGES = 200
+
+
+def convert(model, quantization="none", calibration_images=None):
+    """Keras model -> `.tflite` bytes.
+
+    `calibration_images`: float32 [N, H, W, 3] normalised images (the representative
+    dataset), required for `int8`.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"Unknown quantization {quantization!r}: expected one of {QUANTIZATIONS}.")
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen_function(model)], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization == "int8":
+        if calibration_images is None or len(calibration_images) == 0:
+            raise ValueError("int8 quantization needs calibration images.")
+        images = np.asarray(calibration_images[:NUM_CALIBRATION_IMAGES], np.float32)
+        converter.representative_dataset = lambda: ([image[None]] for image in images)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def frozen_function(model):
+    """`model(images, training=False)` as a concrete function, variables frozen to constants.
+
+    Input `images` float32 [None, H, W, 3] (dynamic batch); output logits [None, C].
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="images")
+    function = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
+    return convert_variables_to_constants_v2(function)
+
+
+def op_names(tflite_bytes):
+    """Sorted names of the ops in a `.tflite` flatbuffer; custom (incl. Flex) ops are listed
+    as `CUSTOM:<name>`."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names_by_code = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAs(tflite_bytes, 0)
+    names = set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            names.add("CUSTOM:" + (code.CustomCode() or b"?").decode())
+        else:
+            names.add(names_by_code.get(builtin, f"BUILTIN_{builtin}"))
+    return sorted(names)
+
+
+def non_builtin_ops(tflite_bytes):
+    """The custom / Flex ops of a model (empty for a builtins-only model)."""
+    return [name for name in op_names(tflite_bytes) if name.startswith("CUSTOM:")]
+
+
+def tensor_dtypes(tflite_bytes):
+    """{dtype name: number of tensors}: shows how much of a quantized model is int8."""
+    interpreter = _interpreter(tflite_bytes)
+    counts = {}
+    for detail in interpreter.get_tensor_details():
+        name = np.dtype(detail["dtype"]).name
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _interpreter(tflite_bytes_or_path, num_threads=None):
+    from ai_edge_litert.interpreter import Interpreter
+
+    kwargs = {"num_threads": num_threads or os.cpu_count() or 1}
+    if isinstance(tflite_bytes_or_path, (bytes, bytearray)):
+        return Interpreter(model_content=bytes(tflite_bytes_or_path), **kwargs)
+    return Interpreter(model_path=str(tflite_bytes_or_path), **kwargs)
+
+
+def load_runner(path, num_threads=None):
+    """A `.tflite` file (or its bytes) as `run(images float32 [B, H, W, 3]) -> logits [B, C]` (numpy), in the
+    `ai_edge_litert` interpreter (XNNPACK, `num_threads` threads; None: one per core); the
+    input is resized to each call's batch size."""
+    interpreter = _interpreter(path, num_threads)
+    input_index = interpreter.get_input_details()[0]["index"]
+    output_index = interpreter.get_output_details()[0]["index"]
+    state = {"shape": None}
+
+    def run(images):
+        images = np.asarray(images, np.float32)
+        if state["shape"] != images.shape:
+            interpreter.resize_tensor_input(input_index, list(images.shape), strict=True)
+            interpreter.allocate_tensors()
+            state["shape"] = images.shape
+        interpreter.set_tensor(input_index, images)
+        interpreter.invoke()
+        return interpreter.get_tensor(output_index).copy()
+
+    return run

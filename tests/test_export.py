@@ -1,0 +1,429 @@
+"""keras_vit.export: every format exported, verified and reported; bad input refused clearly.
+
+Fast tests export a tiny untrained ViT (random head, so the logits differ per image) from a
+bare `.keras` file, verified on seeded synthetic images. The slow tests train a tiny ViT on
+the digits, write a run folder by hand, and run the default command (every format and
+quantization) to check the int8 numbers on the real test split.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_vit
+from keras_vit.export import bench_runners, cli, onnx_export, pipeline, saved_model, source, tflite, verify
+
+IMAGE_SIZE = 16
+TINY = dict(image_size=IMAGE_SIZE, patch_size=4, hidden_dim=32, num_layers=1, num_heads=4, mlp_dim=64, num_classes=10)
+VENV_BIN = pathlib.Path(sys.executable).parent
+
+
+def tiny_vit(seed=0, **overrides):
+    """A tiny ViT with a random (not zero) head, so that its logits differ per image."""
+    keras.utils.set_random_seed(seed)
+    model = keras_vit.VisionTransformer(**{**TINY, **overrides})
+    head = model.get_layer("head")
+    head.kernel.assign(np.random.default_rng(seed).normal(0, 0.3, head.kernel.shape).astype("float32"))
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "tiny.keras"
+    tiny_vit().save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_model_file, tmp_path_factory):
+    """Every format from a bare .keras file; the float quantizations (int8 variants are
+    checked on a trained model and real images below: on an untrained model and synthetic
+    images, top-1 is decided by near ties)."""
+    out = tmp_path_factory.mktemp("tiny_export") / "export"
+    report = pipeline.export(tiny_model_file, out, quantizations="none,float16", latency_repeats=2)
+    return out, report
+
+
+def rows_by_name(report):
+    return {row["artifact"]: row for row in report["artifacts"]}
+
+
+# ----------------------------------------------------------------------------- every format
+
+
+def test_bare_keras_file_exports_every_format_within_tolerance(tiny_export):
+    out, report = tiny_export
+    rows = rows_by_name(report)
+    assert report["passed"], [row["failures"] for row in report["artifacts"]]
+    assert set(rows) == {"keras", "saved_model", "tflite_float32", "tflite_float16", "onnx", "onnx_optimized"}
+    for name in ("saved_model", "tflite_float32", "onnx", "onnx_optimized"):
+        assert rows[name]["max_abs_diff"] <= 1e-4, name
+    assert rows["tflite_float16"]["max_abs_diff"] <= 1e-2
+    for row in report["artifacts"]:
+        assert row["latency_ms_batch1"] > 0 and row["latency_ms_batch8"] > 0
+        assert row["size_bytes"] > 0
+        if row["artifact"] != "keras":
+            assert row["checked_batch_sizes"] == [1, 8]
+            assert (out / row["path"]).exists()
+    assert report["verification_data"]["description"].startswith("seeded synthetic images")
+    assert rows["keras"]["accuracy"] is None  # no labels for a bare .keras file
+
+
+def test_report_json_and_markdown_are_written(tiny_export):
+    out, report = tiny_export
+    assert json.loads((out / "export_report.json").read_text()) == json.loads(json.dumps(report))
+    table = (out / "export_report.md").read_text()
+    for header in ("artifact", "size", "max abs diff", "top-1 agreement", "accuracy", "latency b1 (ms)", "latency b8 (ms)"):
+        assert header in table
+    assert "| tflite_float16 | float16 |" in table and "GELU" in table
+    assert not list(out.parent.glob(".export.*")), "staging folders left behind"
+
+
+def test_tflite_models_use_builtin_ops_only_and_resize_batch(tiny_export, tiny_model_file):
+    out, report = tiny_export
+    model = keras.models.load_model(tiny_model_file)
+    images = source.synthetic_images((IMAGE_SIZE, IMAGE_SIZE), count=8)
+    x = keras_vit.preprocess_input(images).numpy()
+    expected = model(x, training=False).numpy()
+    for quantization in ("none", "float16"):
+        path = out / tflite.FILE_NAMES[quantization]
+        content = path.read_bytes()
+        assert tflite.non_builtin_ops(content) == []
+        assert not any(op.startswith("Flex") for op in tflite.op_names(content))
+        run = tflite.load_runner(path)
+        for batch in (1, 8, 3):
+            logits = run(x[:batch])
+            assert logits.shape == (batch, 10)
+            if quantization == "none":
+                np.testing.assert_allclose(logits, expected[:batch], atol=1e-4)
+
+
+def test_saved_model_signatures_reload(tiny_export, tiny_model_file):
+    out, _ = tiny_export
+    model = keras.models.load_model(tiny_model_file)
+    loaded = tf.saved_model.load(str(out / "saved_model"))
+    assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
+    images = source.synthetic_images((IMAGE_SIZE, IMAGE_SIZE), count=5)
+    x = keras_vit.preprocess_input(images).numpy()
+    outputs = loaded.signatures["serving_default"](images=tf.constant(x))
+    expected = model(x, training=False).numpy()
+    np.testing.assert_allclose(outputs["logits"].numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(outputs["probabilities"].numpy().sum(-1), 1.0, atol=1e-5)
+
+    # Encoded bytes of another size: decoded and resized in the graph, top-k returned.
+    big = tf.image.resize(images, (40, 40)).numpy().round().astype(np.uint8)
+    encoded = [tf.io.encode_jpeg(big[0]).numpy()] + saved_model.encode_png(big[1:])
+    top = saved_model.run_bytes_signature(loaded, encoded)
+    assert top["class_ids"].shape == (5, 5) and top["scores"].shape == (5, 5)
+    assert np.all(np.diff(top["scores"], axis=-1) <= 0)
+    assert [n.decode() for n in top["class_names"][0]] == [f"class_{i}" for i in top["class_ids"][0]]
+
+    # Same-size PNGs: exactly what the float signature computes.
+    top = saved_model.run_bytes_signature(loaded, saved_model.encode_png(images))
+    assert verify.verify_top_k(top["class_ids"], top["scores"], expected)["failures"] == []
+
+
+def test_saved_model_cli_runs_the_float_signature(tiny_export, tiny_model_file, tmp_path):
+    out, _ = tiny_export
+    x = keras_vit.preprocess_input(source.synthetic_images((IMAGE_SIZE, IMAGE_SIZE), count=3)).numpy()
+    np.save(tmp_path / "images.npy", x)
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "saved_model_cli"), "run",
+            "--dir", str(out / "saved_model"),
+            "--tag_set", "serve",
+            "--signature_def", "serving_default",
+            "--inputs", f"images={tmp_path / 'images.npy'}",
+            "--outdir", str(tmp_path / "cli_out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = keras.models.load_model(tiny_model_file)(x, training=False).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "cli_out" / "logits.npy"), expected, atol=1e-4)
+
+
+def test_onnx_has_opset_17_dynamic_batch_and_passes_checker(tiny_export):
+    import onnx
+
+    out, _ = tiny_export
+    proto = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    details = onnx_export.describe(out / "model.onnx")
+    assert details["opset"] >= 17
+    assert details["input_shape"] == ["batch", IMAGE_SIZE, IMAGE_SIZE, 3]
+    run = onnx_export.load_runner(out / "model.onnx")
+    x = keras_vit.preprocess_input(source.synthetic_images((IMAGE_SIZE, IMAGE_SIZE), count=8)).numpy()
+    assert run(x[:1]).shape == (1, 10) and run(x).shape == (8, 10)
+
+
+@pytest.mark.parametrize("gelu", ["exact_erf", "approximate", "tf_nn_gelu_exact"])
+def test_every_gelu_exports_to_onnx_and_tflite(gelu, monkeypatch):
+    """Exact GELU via erf (keras_vit's own), tanh GELU, and tf.nn.gelu, whose graph holds the
+    TF op Erfc that tf2onnx cannot convert by itself."""
+    if gelu == "tf_nn_gelu_exact":
+        monkeypatch.setattr(keras_vit.layers, "gelu", lambda x, approximate=False: keras.ops.gelu(x, approximate=False))
+    model = tiny_vit(gelu_approximate=(gelu == "approximate"))
+    graph_ops = {node.op for node in tflite.frozen_function(model).graph.as_graph_def().node}
+    assert ("Erfc" in graph_ops) == (gelu == "tf_nn_gelu_exact")
+
+    x = keras_vit.preprocess_input(source.synthetic_images((IMAGE_SIZE, IMAGE_SIZE), count=8)).numpy()
+    expected = model(x, training=False).numpy()
+    proto = onnx_export.convert(model)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], expected, atol=1e-4)
+
+    content = tflite.convert(model, "none")
+    assert tflite.non_builtin_ops(content) == []
+    interpreter_run = tflite.load_runner(content)
+    np.testing.assert_allclose(interpreter_run(x), expected, atol=1e-4)
+
+
+def trained_like_vit(num_layers=2, **overrides):
+    """A tiny ViT whose every weight is perturbed (non-zero biases and LayerNorm betas,
+    gammas != 1), as in a trained model: tf2onnx folds away zero biases, which changes the graph."""
+    model = tiny_vit(num_layers=num_layers, **overrides)
+    rng = np.random.default_rng(1)
+    for weight in model.weights:
+        weight.assign(weight.numpy() + rng.normal(0, 0.1, weight.shape).astype("float32"))
+    return model
+
+
+def op_counts(proto):
+    counts = {}
+    for node in proto.graph.node:
+        key = f"{node.domain}:{node.op_type}" if node.domain else node.op_type
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("gelu", ["exact_erf", "approximate"])
+@pytest.mark.parametrize("weights", ["trained_like", "fresh"])  # fresh: zero biases, folded away by tf2onnx
+def test_optimized_onnx_fuses_attention_layer_norm_and_gelu(gelu, weights):
+    """Two blocks: 2 Attention, 5 LayerNormalization (2 per block + the final one), 2 GELUs;
+    none of the unfused patterns' ops is left; the fused graph still matches Keras."""
+    approximate = gelu == "approximate"
+    model = trained_like_vit(gelu_approximate=approximate) if weights == "trained_like" else tiny_vit(num_layers=2, gelu_approximate=approximate)
+    proto = onnx_export.convert(model)
+    fused, fused_ops = onnx_export.optimize(proto)
+    expected_gelu = {"Gelu": 0, "FastGelu": 2} if approximate else {"Gelu": 2, "FastGelu": 0}
+    assert fused_ops == {"Attention": 2, "LayerNormalization": 5, **expected_gelu}
+
+    before, after = op_counts(proto), op_counts(fused)
+    assert after["com.microsoft:Attention"] == 2 and after["LayerNormalization"] == 5
+    gelu_op = "com.microsoft:FastGelu" if approximate else "com.microsoft:Gelu"
+    assert after[gelu_op] == 2
+    assert before["GlobalAveragePool"] == 10 and before["Softmax"] == 2 and before["Split"] == 2
+    for unfused in ("GlobalAveragePool", "Sqrt", "Reciprocal", "Neg", "Sub", "Softmax", "Split", "Erf", "Tanh", "Pow", "Mul"):
+        assert unfused not in after, unfused
+    assert len(fused.graph.node) < len(proto.graph.node) / 2
+    assert fused.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+    x = keras_vit.preprocess_input(source.synthetic_images((IMAGE_SIZE, IMAGE_SIZE), count=8)).numpy()
+    expected = model(x, training=False).numpy()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 8):
+        logits = session.run(None, {"images": x[:batch]})[0]
+        np.testing.assert_allclose(logits, expected[:batch], atol=1e-4)
+
+
+def test_pipeline_reports_the_optimized_onnx_and_its_fusions(tiny_export):
+    out, report = tiny_export
+    row = rows_by_name(report)["onnx_optimized"]
+    assert row["passed"] and row["path"] == onnx_export.OPTIMIZED_FILE_NAME and (out / row["path"]).exists()
+    assert row["max_abs_diff"] <= 1e-4 and row["checked_batch_sizes"] == [1, 8]
+    assert {"com.microsoft:Attention", "com.microsoft:Gelu", "LayerNormalization"} <= set(row["ops"])
+    assert "GlobalAveragePool" not in row["ops"] and "Softmax" not in row["ops"]
+    assert row["details"]["fused_ops"] == {"Attention": 1, "LayerNormalization": 3, "Gelu": 1, "FastGelu": 0}
+    assert row["details"]["input_shape"] == ["batch", IMAGE_SIZE, IMAGE_SIZE, 3]
+    table = (out / "export_report.md").read_text()
+    assert "| onnx_optimized | none |" in table
+    assert "- onnx_optimized: " in table and "(fused: 1 Attention, 3 LayerNormalization, 1 Gelu)" in table
+
+
+def test_bench_runners_match_keras(tmp_path):
+    model = trained_like_vit(num_layers=1, image_size=32)
+    x = keras_vit.preprocess_input(source.synthetic_images((32, 32), count=3)).numpy()
+    expected = model(x, training=False).numpy()
+    runners = bench_runners(model, x, tmp_path / "bench")
+    assert set(runners) == {"keras_vit ONNX Runtime", "keras_vit ONNX Runtime (fused)", "keras_vit LiteRT (XNNPACK)"}
+    for name, run in runners.items():
+        np.testing.assert_allclose(run(), expected, atol=1e-4, err_msg=name)
+    assert sorted(p.name for p in (tmp_path / "bench").iterdir()) == ["model.onnx", "model_float32.tflite", "model_optimized.onnx"]
+    with pytest.raises(ValueError, match="images must be float32"):
+        bench_runners(model, x[..., :2], tmp_path / "bench")
+
+
+# ----------------------------------------------------------------------------- atomicity
+
+
+def test_failed_check_exits_nonzero_and_leaves_no_artifact(tiny_model_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(verify.TOLERANCES, "float16", {"max_abs_diff_relative": 1e-12})
+    out = tmp_path / "out"
+    code = cli.main([str(tiny_model_file), "--formats", "tflite", "--quantize", "none,float16", "--out", str(out), "--latency-repeats", "1"])
+    assert code == 1
+    assert "failed verification" in capsys.readouterr().err
+    assert (out / tflite.FILE_NAMES["none"]).exists()
+    assert not (out / tflite.FILE_NAMES["float16"]).exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if p.name != "out"]
+    report = json.loads((out / "export_report.json").read_text())
+    failed = rows_by_name(report)["tflite_float16"]
+    assert not report["passed"] and not failed["passed"] and failed["path"] is None
+    assert "max abs logit diff" in failed["failures"][0]
+
+
+def test_reexport_replaces_an_earlier_export(tiny_model_file, tmp_path):
+    out = tmp_path / "out"
+    pipeline.export(tiny_model_file, out, formats="tflite", quantizations="none,float16", latency_repeats=1)
+    assert (out / tflite.FILE_NAMES["float16"]).exists()
+    pipeline.export(tiny_model_file, out, formats="onnx", latency_repeats=1)
+    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "export_report.md", "model.onnx", "model_optimized.onnx"]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def run_cli(args, capsys):
+    code = cli.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_missing_file_is_a_clear_error(tmp_path, capsys):
+    code, err = run_cli([tmp_path / "nope.keras"], capsys)
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_folder_without_best_keras_is_a_clear_error(tmp_path, capsys):
+    code, err = run_cli([tmp_path], capsys)
+    assert code == 2 and "not a training run folder" in err
+
+
+def test_non_keras_vit_model_is_refused(tmp_path, capsys):
+    path = tmp_path / "mlp.keras"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(path)
+    code, err = run_cli([path, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "is not a keras_vit model" in err
+
+
+def test_file_that_is_not_a_keras_archive_is_refused(tmp_path, capsys):
+    path = tmp_path / "broken.keras"
+    path.write_text("not a zip")
+    code, err = run_cli([path], capsys)
+    assert code == 2 and "could not be loaded as a Keras model" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [(["--formats", "saved_model,tfjs"], "Unknown format 'tfjs'"), (["--quantize", "int4"], "Unknown quantization 'int4'")],
+)
+def test_unknown_format_or_quantization_is_refused(tiny_model_file, tmp_path, capsys, option, message):
+    code, err = run_cli([tiny_model_file, *option, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and message in err and "expected one of" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_int8_without_data_is_refused(tiny_model_file, tmp_path, capsys):
+    code, err = run_cli([tiny_model_file, "--formats", "tflite", "--quantize", "int8", "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "int8 request without data" in err and "--calibration" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_folder_with_other_files_is_refused(tiny_model_file, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("keep me")
+    code, err = run_cli([tiny_model_file, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "is not an earlier export" in err
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+
+
+def test_cli_defaults_cover_every_format_and_quantization():
+    assert cli.FORMATS == pipeline.FORMATS and cli.QUANTIZATIONS == pipeline.QUANTIZATIONS
+    args = cli.build_parser().parse_args(["run"])
+    assert args.formats == "saved_model,tflite,onnx" and args.quantize == "none,float16,dynamic,int8"
+    assert cli.default_out(pathlib.Path("model.keras")) == pathlib.Path("model_export")
+
+
+# ----------------------------------------------------------------------------- digits (slow)
+
+
+def digits_facts():
+    return {
+        "source": "digits",
+        "name": "digits",
+        "class_names": [str(i) for i in range(10)],
+        "image_size": [IMAGE_SIZE, IMAGE_SIZE],
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+    }
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A run folder written by hand: a tiny ViT trained ~20 s on the digits."""
+    facts = digits_facts()
+    images, labels = source.dataset_images(facts, "train")
+    test_images, test_labels = source.dataset_images(facts, "test")
+    keras.utils.set_random_seed(0)
+    model = keras_vit.VisionTransformer(**TINY)
+    model.compile(
+        keras.optimizers.AdamW(3e-3, weight_decay=1e-4),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(keras_vit.preprocess_input(images).numpy(), labels, batch_size=32, epochs=20, verbose=0)
+    accuracy = float(np.mean(model.predict(keras_vit.preprocess_input(test_images).numpy(), verbose=0).argmax(-1) == test_labels))
+    run = tmp_path_factory.mktemp("digits_run")
+    model.save(run / "best.keras")
+    (run / "dataset.json").write_text(json.dumps(facts))
+    (run / "metrics.json").write_text(json.dumps({"test_accuracy": accuracy}))
+    return run
+
+
+@pytest.mark.slow
+def test_default_command_exports_digits_run_with_int8_within_bounds(digits_run, capsys):
+    code = cli.main([str(digits_run), "--latency-repeats", "2"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    out = digits_run / "export"
+    report = json.loads((out / "export_report.json").read_text())
+    rows = rows_by_name(report)
+    assert set(rows) == {"keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8", "onnx", "onnx_optimized"}
+    assert report["verification_data"] == {"description": "the test split of digits", "num_images": 360, "labelled": True}
+    keras_accuracy = rows["keras"]["accuracy"]
+    assert keras_accuracy == pytest.approx(json.loads((digits_run / "metrics.json").read_text())["test_accuracy"], abs=1e-6)
+    assert keras_accuracy > 0.85
+    for name in ("saved_model", "tflite_float32", "onnx", "onnx_optimized"):
+        assert rows[name]["max_abs_diff"] <= 1e-4
+    assert rows["tflite_float16"]["max_abs_diff"] <= 1e-2
+    for name in ("tflite_dynamic", "tflite_int8"):
+        assert rows[name]["top1_agreement"] >= 0.98
+        assert abs(rows[name]["accuracy"] - keras_accuracy) <= 0.01
+    assert rows["tflite_int8"]["details"]["tensor_dtypes"].get("int8", 0) > rows["tflite_int8"]["details"]["tensor_dtypes"]["float32"]
+    assert report["calibration_data"]["description"] == "the train split of digits"
+    assert "| tflite_int8 | int8 |" in printed  # the table is printed
+
+
+@pytest.mark.slow
+def test_bare_keras_file_int8_with_calibration_images(digits_run, tmp_path):
+    images, _ = source.dataset_images(digits_facts(), "train", limit=120)
+    np.save(tmp_path / "calibration.npy", images)
+    report = pipeline.export(
+        digits_run / "best.keras", tmp_path / "out", formats="tflite", quantizations="int8",
+        calibration=tmp_path / "calibration.npy", latency_repeats=1,
+    )
+    assert report["passed"]
+    assert report["verification_data"]["description"].startswith("the calibration images")
+    assert rows_by_name(report)["tflite_int8"]["top1_agreement"] >= 0.98

@@ -1,0 +1,86 @@
+"""keras_vit.training.recipe: schedule, weight-decay exclusion, optimizers, precision, strategy."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import keras_vit
+from keras_vit.training import recipe
+
+
+def _tiny_vit(**kw):
+    return keras_vit.VisionTransformer(
+        image_size=8, patch_size=4, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, num_classes=3, **kw
+    )
+
+
+def test_warmup_cosine_values():
+    schedule = recipe.warmup_cosine(1e-3, total_steps=1000, warmup_steps=100, end_learning_rate=1e-5)
+    lr = lambda step: float(schedule(step))  # noqa: E731
+    assert lr(0) == 0.0
+    assert lr(50) == pytest.approx(0.5e-3)
+    assert lr(100) == pytest.approx(1e-3)  # end of warm-up: the peak
+    assert lr(550) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr(1000) == pytest.approx(1e-5)  # last step: the end rate
+    assert lr(5000) == pytest.approx(1e-5)
+    values = [lr(s) for s in range(100, 1001, 50)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay
+
+
+def test_warmup_cosine_serializes():
+    schedule = recipe.warmup_cosine(3e-4, total_steps=500, warmup_steps=20)
+    clone = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    assert clone.get_config() == schedule.get_config()
+    assert float(clone(20)) == pytest.approx(3e-4) and float(clone(500)) == pytest.approx(0.0, abs=1e-12)
+    assert float(recipe.warmup_cosine(1e-3, total_steps=10)(0)) == pytest.approx(1e-3)  # no warm-up
+    with pytest.raises(ValueError, match="warmup_steps"):
+        recipe.warmup_cosine(1e-3, total_steps=10, warmup_steps=20)
+
+
+def test_weight_decay_skips_biases_norms_position_embedding_and_class_token():
+    model = _tiny_vit()
+    optimizer = recipe.make_optimizer(model, "adamw", learning_rate=0.1, weight_decay=0.5)
+    before = {v.path: np.array(v) + 1.0 for v in model.trainable_variables}
+    for v in model.trainable_variables:  # nonzero everywhere (the head starts at zero)
+        v.assign(before[v.path])
+    # Zero gradients: Adam's update is 0, so only weight decay moves a variable.
+    optimizer.apply_gradients([(np.zeros(v.shape, "float32"), v) for v in model.trainable_variables])
+    decayed = {v.path for v in model.trainable_variables if not np.allclose(np.array(v), before[v.path])}
+    kept = {v.path for v in model.trainable_variables} - decayed
+    assert decayed == {v.path for v in model.trainable_variables if v.path.endswith("/kernel")}
+    assert {"class_token/token", "position_embedding/embedding", "encoder_norm/gamma", "head/bias"} <= kept
+    assert any(p.endswith("attention_norm/beta") for p in kept)
+    # Decay shrinks by lr * wd: x * (1 - 0.05).
+    kernel = next(v for v in model.trainable_variables if v.path == "head/kernel")
+    np.testing.assert_allclose(np.array(kernel), before["head/kernel"] * (1 - 0.1 * 0.5), rtol=1e-5)
+
+
+def test_sgd_and_gradient_clipping():
+    model = _tiny_vit()
+    sgd = recipe.make_optimizer(model, "sgd", learning_rate=0.01, momentum=0.9)
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0.9 and sgd.global_clipnorm == 1.0
+    adamw = recipe.make_optimizer(model, clipnorm=None)
+    assert adamw.global_clipnorm is None
+    with pytest.raises(ValueError, match="Unknown optimizer 'adam'"):
+        recipe.make_optimizer(model, "adam")
+
+
+def test_mixed_bfloat16_keeps_float32_logits():
+    recipe.set_precision("mixed_bfloat16")
+    model = _tiny_vit()
+    assert model.get_layer("encoder_block_0").compute_dtype == "bfloat16"
+    logits = model(np.zeros((2, 8, 8, 3), "float32"))
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    with pytest.raises(ValueError, match="Unknown precision"):
+        recipe.set_precision("float8")
+
+
+def test_strategy_by_name(monkeypatch):
+    assert recipe.make_strategy("default").num_replicas_in_sync == 1
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        recipe.make_strategy("multi_worker")
+    with pytest.raises(ValueError, match="Unknown strategy"):
+        recipe.make_strategy("horovod")

@@ -1,0 +1,137 @@
+"""`TrainConfig`: every option of a training run, with defaults, validation and file I/O.
+
+The resolved config is written to the run folder as `config.json` (and `config.yaml`), and
+`keras-vit train --config FILE` reads the same format (YAML or JSON) back; command-line
+flags override the file.
+"""
+
+import dataclasses
+import json
+import pathlib
+from typing import Optional
+
+from keras_vit.config import VARIANTS
+from keras_vit.training.recipe import OPTIMIZERS, PRECISIONS, STRATEGIES
+
+# "ViT" is the fully configurable `keras_vit.VisionTransformer`; the others are named variants.
+MODEL_NAMES = ("ViT",) + tuple(VARIANTS)
+# The default "ViT": small enough to train on the digits in a couple of minutes on 2 CPU cores.
+# Measured on the digits (16x16 inputs, 16 tokens): 98.3-98.9% test accuracy in 30-40 epochs;
+# mean pooling ("gap") beat the class token (97.5-98.1%) at the same cost.
+SMALL_VIT = dict(patch_size=4, hidden_dim=64, num_layers=4, num_heads=4, mlp_dim=128, pooling="gap")
+SMALL_VIT_IMAGE_SIZE = 16
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A training run. Defaults: the quickstart (a small ViT on the offline digits data)."""
+
+    # Model: a variant name or "ViT", plus keyword overrides (hidden_dim, patch_size, ...).
+    model: str = "ViT"
+    # None: SMALL_VIT for "ViT", nothing for a named variant.
+    model_options: Optional[dict] = None
+    weights: Optional[str] = None  # a checkpoint to fine-tune from (see keras_vit.weights)
+    image_size: Optional[int] = None  # None: SMALL_VIT_IMAGE_SIZE for "ViT", 224 for variants
+
+    # Data.
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    batch_size: int = 32
+    test_fraction: float = 0.2
+    validation_fraction: float = 0.0
+    cache: Optional[bool] = None
+    random_crop: bool = True
+    crop_scale_min: float = 0.7
+    flip: bool = False
+    randaugment: Optional[float] = None
+    mixup: Optional[float] = None
+    cutmix: Optional[float] = None
+
+    # Recipe.
+    epochs: int = 40
+    optimizer: str = "adamw"
+    learning_rate: float = 2e-3
+    end_learning_rate: float = 0.0
+    warmup_epochs: float = 3.0
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    clipnorm: float = 1.0
+    label_smoothing: float = 0.1
+    precision: str = "float32"
+    jit_compile: bool = True
+    strategy: str = "default"
+    seed: int = 0
+
+    # Callbacks and output.
+    early_stopping: Optional[int] = None  # patience in epochs; None for off
+    steps_per_epoch: Optional[int] = None  # cap (quick tests); None: the whole training set
+    out: str = "runs/train"
+    overwrite: bool = False
+    verbose: int = 1
+
+    def __post_init__(self):
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"Unknown model {self.model!r}: expected one of {list(MODEL_NAMES)}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {self.optimizer!r}: expected one of {OPTIMIZERS}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {self.precision!r}: expected one of {PRECISIONS}.")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"Unknown strategy {self.strategy!r}: expected one of {STRATEGIES}.")
+        for key in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be a positive int, got {getattr(self, key)!r}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}.")
+        if self.warmup_epochs < 0:  # longer than the run: warm-up is cut at the last step
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}.")
+        if self.model_options is None:
+            self.model_options = {}
+        if self.model == "ViT":  # given options refine the small default
+            self.model_options = {**SMALL_VIT, **self.model_options}
+        if self.image_size is None:
+            self.image_size = SMALL_VIT_IMAGE_SIZE if self.model == "ViT" else 224
+        if not isinstance(self.model_options, dict):
+            raise ValueError(f"model_options must be a mapping, got {self.model_options!r}.")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown training option(s) {unknown}; known options: {sorted(known)}.")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path, **overrides):
+        """Reads a YAML or JSON file of options; `overrides` win."""
+        return cls.from_dict({**read_config_file(path), **overrides})
+
+    # Options that may differ between an interrupted run and its resumption.
+    RESUME_FREE = ("overwrite", "verbose", "out", "data_dir")
+
+
+def read_config_file(path):
+    """A dict of options from a `.yaml`/`.yml`/`.json` file (clear errors for bad files)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"Config file {str(path)!r} does not exist.")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except Exception as error:  # noqa: BLE001 - yaml and json raise different errors
+        raise ValueError(f"Could not parse config file {str(path)!r}: {error}") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"Config file {str(path)!r} must hold a mapping of options, got {type(values).__name__}.")
+    values.pop("model_config", None)  # the resolved model config written next to the options
+    return values

@@ -1,0 +1,140 @@
+"""The training recipe: optimizer, learning-rate schedule, loss, precision and strategy.
+
+- `warmup_cosine`: linear warm-up to the peak rate, then cosine decay to `end_learning_rate`
+  (Keras's serializable `CosineDecay` schedule).
+- `make_optimizer`: AdamW whose weight decay skips biases, LayerNorm, the position
+  embedding and the class token; or SGD with momentum (the paper's fine-tuning recipe).
+  Both clip gradients by global norm (1.0 by default).
+- `make_loss`: categorical cross-entropy on float32 logits with label smoothing.
+- `set_precision`: "float32", "mixed_bfloat16" (CPU/TPU) or "mixed_float16" (GPU).
+- `make_strategy`: a `tf.distribute` strategy by name.
+"""
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+# Variable-path fragments that never decay: every bias, LayerNorm's gamma/beta, the
+# position embedding and the class token (paths look like "encoder_block_0/attention/qkv/bias").
+NO_DECAY_NAMES = ("bias", "gamma", "beta", "position_embedding", "class_token")
+OPTIMIZERS = ("adamw", "sgd")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def warmup_cosine(peak_learning_rate, total_steps, warmup_steps=0, end_learning_rate=0.0):
+    """Linear warm-up from 0 to `peak_learning_rate` over `warmup_steps`, then cosine decay
+    to `end_learning_rate` at `total_steps` (constant after it):
+
+    lr(step) = peak * step / warmup                                    for step < warmup
+             = end + (peak - end) * 0.5 * (1 + cos(pi * progress))     otherwise,
+    with progress = (step - warmup) / (total - warmup), clipped to [0, 1].
+
+    Returns Keras's own `CosineDecay` (which has this warm-up built in), so saved models
+    re-load anywhere without importing keras_vit.training.
+    """
+    if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
+        raise ValueError(
+            f"Need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}) and total_steps > 0."
+        )
+    if peak_learning_rate <= 0 or not 0 <= end_learning_rate <= peak_learning_rate:
+        raise ValueError(f"Need 0 <= end_learning_rate ({end_learning_rate}) <= peak ({peak_learning_rate}), peak > 0.")
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else float(peak_learning_rate),
+        decay_steps=max(int(total_steps) - int(warmup_steps), 1),
+        alpha=float(end_learning_rate) / float(peak_learning_rate),
+        warmup_target=float(peak_learning_rate) if warmup_steps else None,
+        warmup_steps=int(warmup_steps),
+    )
+
+
+def no_decay_variable_names(model):
+    """Paths of the model's trainable variables that weight decay skips."""
+    return [v.path for v in model.trainable_variables if _skips_decay(v.path)]
+
+
+def _skips_decay(path):
+    parts = path.split("/")
+    return parts[-1] in ("bias", "gamma", "beta") or any(p in NO_DECAY_NAMES[3:] for p in parts)
+
+
+def make_optimizer(
+    model,
+    name="adamw",
+    learning_rate=1e-3,
+    weight_decay=0.05,
+    momentum=0.9,
+    clipnorm=1.0,
+    beta_2=0.999,
+):
+    """An optimizer for `model` (needed to list the variables that skip weight decay).
+
+    name: "adamw" (weight decay on kernels only) or "sgd" (momentum, no decay, as in the
+        ViT paper's fine-tuning). `learning_rate` may be a float or a schedule.
+    clipnorm: global-norm gradient clipping threshold (None or 0 for off).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}: expected one of {OPTIMIZERS}.")
+    clip = {"global_clipnorm": float(clipnorm)} if clipnorm else {}
+    if name == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, **clip)
+    else:
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=learning_rate, weight_decay=weight_decay, beta_2=beta_2, **clip
+        )
+        # Keras matches `var_names` as substrings of each variable's path; the exact paths
+        # avoid surprises (e.g. a layer called "beta_head").
+        optimizer.exclude_from_weight_decay(var_names=no_decay_variable_names(model))
+    from keras_vit.training import compat
+
+    # Clip the summed gradient, not each replica's share of it (see compat.py, fix 3).
+    return compat.clip_after_cross_replica_sum(optimizer)
+
+
+def make_loss(label_smoothing=0.0):
+    """Cross-entropy between one-hot (or MixUp-soft) labels [B, K] and float32 logits [B, K]."""
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+
+
+def set_precision(precision="float32"):
+    """Sets the global Keras dtype policy. The model's head is float32, so logits stay float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}: expected one of {PRECISIONS}.")
+    if precision == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+        raise ValueError("mixed_float16 needs a GPU; use mixed_bfloat16 on CPU or TPU.")
+    keras.mixed_precision.set_global_policy(precision)
+
+
+def make_strategy(name="default", tpu=None):
+    """A `tf.distribute` strategy: "default" (one device), "mirrored" (all local devices),
+    "multi_worker" (workers from the TF_CONFIG environment variable) or "tpu"."""
+    if name not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {name!r}: expected one of {STRATEGIES}.")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("strategy 'multi_worker' needs the TF_CONFIG environment variable (cluster and task).")
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as error:
+            raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from error
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy):
+    """True on the worker that writes files: always, except on non-chief multi-workers."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type is None or task_type == "chief" or (task_type == "worker" and task_id == 0 and
+                                                          "chief" not in resolver.cluster_spec().as_dict())
