@@ -55,8 +55,8 @@ def main(argv=None):
             "per second of the epochs after the first (tracing and XLA compilation excluded).",
             f"Model: ViT {model['num_layers']} layers, width {model['hidden_dim']}, {model['num_heads']} heads, "
             f"MLP {model['mlp_dim']}, {model['image_size'][0]}x{model['image_size'][1]} input, "
-            f"patch {model['patch_size'][0]}, pooling {model['pooling']}; "
-            f"options: {json.dumps({k: config['options'][k] for k in ('epochs', 'batch_size', 'learning_rate', 'weight_decay', 'label_smoothing', 'crop_scale_min')})}.",
+            f"patch {model['patch_size'][0]}, pooling {model['pooling']}, drop path {model['drop_path_rate']}; "
+            f"options: {json.dumps({k: config['options'][k] for k in ('epochs', 'batch_size', 'learning_rate', 'weight_decay', 'label_smoothing', 'crop_scale_min', 'ema_momentum')})}.",
             markdown_table([row], list(row)),
             (f"Note: {args.note}\n\n" if args.note else "") + facts_markdown(machine_facts()),
         ]

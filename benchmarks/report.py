@@ -10,18 +10,10 @@ import pathlib
 import platform
 import re
 
+from keras_vit.export.report import cpu_model
+
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nWritten by the scripts under `benchmarks/`; each section says how it was made.\n"
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_flags():

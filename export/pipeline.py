@@ -127,7 +127,7 @@ def export(
             "model": str(src.model_path),
             "run_dir": None if src.run_dir is None else str(src.run_dir),
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{_cpu_model()}, {os.cpu_count()} cores",
+            "machine": f"{report.cpu_model()}, {os.cpu_count()} cores",
             "versions": _versions(),
             "class_names": src.class_names,
             "image_size": list(src.image_size),
@@ -376,16 +376,6 @@ def _remove(path):
 def _first_line(error):
     text = str(error).strip()
     return (text.splitlines()[0] if text else "")[:300]
-
-
-def _cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _versions():

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 import keras_vit
 from keras_vit.export import bench_runners, cli, onnx_export, pipeline, saved_model, source, tflite, verify
+from keras_vit.training.data import load_images
 
 IMAGE_SIZE = 16
 TINY = dict(image_size=IMAGE_SIZE, patch_size=4, hidden_dim=32, num_layers=1, num_heads=4, mlp_dim=64, num_classes=10)
@@ -407,7 +408,11 @@ def test_default_command_exports_digits_run_with_int8_within_bounds(digits_run, 
     assert keras_accuracy > 0.85
     for name in ("saved_model", "tflite_float32", "onnx", "onnx_optimized"):
         assert rows[name]["max_abs_diff"] <= 1e-4
-    assert rows["tflite_float16"]["max_abs_diff"] <= 1e-2
+    # float16: 1e-2 of the logit scale (weight rounding alone costs ~2e-3 of it, see verify.py).
+    facts = json.loads((digits_run / "dataset.json").read_text())
+    images, _ = load_images(facts, "test")
+    keras_logits = keras.saving.load_model(digits_run / "best.keras").predict(keras_vit.preprocess_input(images, facts["mean"], facts["std"]), verbose=0)
+    assert rows["tflite_float16"]["max_abs_diff"] <= 1e-2 * max(1.0, np.abs(keras_logits).max())
     for name in ("tflite_dynamic", "tflite_int8"):
         assert rows[name]["top1_agreement"] >= 0.98
         assert abs(rows[name]["accuracy"] - keras_accuracy) <= 0.01

@@ -84,3 +84,24 @@ def test_strategy_by_name(monkeypatch):
         recipe.make_strategy("multi_worker")
     with pytest.raises(ValueError, match="Unknown strategy"):
         recipe.make_strategy("horovod")
+
+
+def test_weights_ema_is_what_the_model_holds_after_fit():
+    """With ema_momentum, fit ends with the exponential moving average of the weights: the
+    same average recomputed by hand from the weights after every step."""
+    model = _tiny_vit()
+    model.compile(optimizer=recipe.make_optimizer(model, learning_rate=1e-2, ema_momentum=0.5, clipnorm=None),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    images = np.random.RandomState(0).uniform(-1, 1, (8, 8, 8, 3)).astype("float32")
+    labels = np.arange(8) % 3
+
+    class RecordWeights(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw = [np.array(v) for v in model.trainable_weights]
+            averages.append(raw if not averages else [0.5 * a + 0.5 * w for a, w in zip(averages[-1], raw)])
+
+    averages = []
+    model.fit(images, labels, batch_size=2, epochs=1, verbose=0, shuffle=False, callbacks=[RecordWeights()])
+    assert len(averages) == 4
+    for variable, expected in zip(model.trainable_weights, averages[-1]):
+        np.testing.assert_allclose(np.array(variable), expected, atol=1e-6)

@@ -150,3 +150,21 @@ def test_quickstart_reaches_98_percent_on_digits(tmp_path):
     assert quickstart.main(["--out", str(tmp_path / "quickstart"), "--skip-export"]) == 0
     metrics = json.loads((tmp_path / "quickstart" / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.98, metrics
+
+
+def test_fine_tuning_starts_from_the_checkpoint(tmp_path, fixtures_dir):
+    """--weights builds the model from a checkpoint: the reference ViT's own logits before
+    training, and a short fine-tuning run on the digits from there."""
+    from keras_vit.training.config import TrainConfig
+    from keras_vit.training.train import build_model
+
+    checkpoint = fixtures_dir / "google_vit" / "i32_p4_token" / "params.npz"
+    architecture = dict(patch_size=4, hidden_dim=64, num_layers=2, num_heads=4, mlp_dim=128, pooling="token")
+    options = dict(_tiny_options(tmp_path / "run"), image_size=32, model_options=architecture, weights=str(checkpoint))
+    model = build_model(TrainConfig(**options), num_classes=10)
+    reference = np.load(checkpoint.parent / "logits.npy")
+    np.testing.assert_allclose(model.predict(np.load(checkpoint.parent / "input.npy"), verbose=0), reference, atol=1e-4)
+
+    result = train(dict(options, epochs=1, steps_per_epoch=3))
+    assert 0.0 <= result["metrics"]["test_accuracy"] <= 1.0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["options"]["weights"] == str(checkpoint)

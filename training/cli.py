@@ -34,6 +34,7 @@ HELP = {
     "cutmix": "keras-cv CutMix alpha",
     "warmup_epochs": "linear warm-up length (then cosine decay)",
     "clipnorm": "global-norm gradient clipping (0: off)",
+    "ema_momentum": "keep an EMA of the weights (e.g. 0.998); the final model gets the average",
     "precision": "mixed_bfloat16 on CPU/TPU, mixed_float16 on GPU",
     "strategy": "multi_worker reads TF_CONFIG",
     "early_stopping": "patience in epochs on validation accuracy",

@@ -16,9 +16,10 @@ from keras_vit.training.recipe import OPTIMIZERS, PRECISIONS, STRATEGIES
 # "ViT" is the fully configurable `keras_vit.VisionTransformer`; the others are named variants.
 MODEL_NAMES = ("ViT",) + tuple(VARIANTS)
 # The default "ViT": small enough to train on the digits in a couple of minutes on 2 CPU cores.
-# Measured on the digits (16x16 inputs, 16 tokens): 98.3-98.9% test accuracy in 30-40 epochs;
-# mean pooling ("gap") beat the class token (97.5-98.1%) at the same cost.
-SMALL_VIT = dict(patch_size=4, hidden_dim=64, num_layers=4, num_heads=4, mlp_dim=128, pooling="gap")
+# Measured on the digits (16x16 inputs, 16 tokens), test accuracy of final.keras over seeds:
+# 40 epochs, no drop path, no EMA: 97.5-99.2%; 60 epochs with drop path 0.1 and a weights
+# EMA (0.998, what the quickstart adds): 98.3-98.9%. Mean pooling ("gap") beat the class token by about 1 point.
+SMALL_VIT = dict(patch_size=4, hidden_dim=64, num_layers=4, num_heads=4, mlp_dim=128, pooling="gap", drop_path_rate=0.1)
 SMALL_VIT_IMAGE_SIZE = 16
 
 
@@ -48,7 +49,7 @@ class TrainConfig:
     cutmix: Optional[float] = None
 
     # Recipe.
-    epochs: int = 40
+    epochs: int = 60
     optimizer: str = "adamw"
     learning_rate: float = 2e-3
     end_learning_rate: float = 0.0
@@ -56,6 +57,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     momentum: float = 0.9
     clipnorm: float = 1.0
+    # Exponential moving average of the weights (the final model gets the average); None: off.
+    # Keras' EMA has no warm-up: keep 1 / (1 - momentum) well below the run's total steps.
+    ema_momentum: Optional[float] = None
     label_smoothing: float = 0.1
     precision: str = "float32"
     jit_compile: bool = True

@@ -68,21 +68,26 @@ def make_optimizer(
     momentum=0.9,
     clipnorm=1.0,
     beta_2=0.999,
+    ema_momentum=None,
 ):
     """An optimizer for `model` (needed to list the variables that skip weight decay).
 
     name: "adamw" (weight decay on kernels only) or "sgd" (momentum, no decay, as in the
         ViT paper's fine-tuning). `learning_rate` may be a float or a schedule.
     clipnorm: global-norm gradient clipping threshold (None or 0 for off).
+    ema_momentum: keep an exponential moving average of the weights (e.g. 0.998) and put
+        it into the model at the end of `fit` (Keras' `use_ema`); None for off.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {name!r}: expected one of {OPTIMIZERS}.")
-    clip = {"global_clipnorm": float(clipnorm)} if clipnorm else {}
+    options = {"global_clipnorm": float(clipnorm)} if clipnorm else {}
+    if ema_momentum:
+        options.update(use_ema=True, ema_momentum=float(ema_momentum))
     if name == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, **clip)
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, **options)
     else:
         optimizer = keras.optimizers.AdamW(
-            learning_rate=learning_rate, weight_decay=weight_decay, beta_2=beta_2, **clip
+            learning_rate=learning_rate, weight_decay=weight_decay, beta_2=beta_2, **options
         )
         # Keras matches `var_names` as substrings of each variable's path; the exact paths
         # avoid surprises (e.g. a layer called "beta_head").

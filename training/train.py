@@ -52,14 +52,7 @@ def build_model(config, num_classes):
     """The model to train: [B, H, W, 3] normalised images -> [B, num_classes] float32 logits."""
     kwargs = dict(config.model_options, image_size=config.image_size, num_classes=num_classes)
     if config.weights:
-        try:
-            from keras_vit.weights import build_with_weights  # noqa: F401 - the weights issue
-        except ImportError as error:
-            raise ValueError(
-                f"--weights {config.weights!r}: loading checkpoints needs keras_vit.weights "
-                "(the pretrained-weights feature), which is not available in this install."
-            ) from error
-        kwargs["weights"] = config.weights
+        kwargs["weights"] = config.weights  # num_classes differs: the head is re-created
     if config.model == "ViT":
         return keras_vit.VisionTransformer(name="vit", **kwargs)
     return keras_vit.create_model(config.model, **kwargs)
@@ -206,7 +199,13 @@ def train(config, callbacks=()):
             end_learning_rate=config.end_learning_rate,
         )
         optimizer = recipe.make_optimizer(
-            model, config.optimizer, schedule, config.weight_decay, config.momentum, config.clipnorm
+            model,
+            config.optimizer,
+            schedule,
+            config.weight_decay,
+            config.momentum,
+            config.clipnorm,
+            ema_momentum=config.ema_momentum,
         )
         model.compile(
             optimizer=optimizer,
