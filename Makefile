@@ -18,7 +18,7 @@ quickstart: $(INSTALLED)
 	$(BIN)/keras-vit quickstart --out $(RUN)
 
 test: $(INSTALLED)
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" -n 2 $(PYTEST_ARGS)
 
 test-slow: $(INSTALLED)
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)

@@ -46,7 +46,7 @@ def build_vit(config, input_tensor=None, name="vit"):
             layer_norm_epsilon=c.layer_norm_epsilon,
             name=f"encoder_block_{i}",
         )(x)
-    x = keras.layers.LayerNormalization(epsilon=c.layer_norm_epsilon, name="encoder_norm")(x)
+    x = layers.LayerNorm(epsilon=c.layer_norm_epsilon, name="encoder_norm")(x)
 
     if c.pooling is not None:
         x = layers.TokenPooling(c.pooling, c.num_prefix_tokens, name="pooling")(x)

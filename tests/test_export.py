@@ -171,7 +171,7 @@ def test_every_gelu_exports_to_onnx_and_tflite(gelu, monkeypatch):
     """Exact GELU via erf (keras_vit's own), tanh GELU, and tf.nn.gelu, whose graph holds the
     TF op Erfc that tf2onnx cannot convert by itself."""
     if gelu == "tf_nn_gelu_exact":
-        monkeypatch.setattr(keras_vit.layers, "gelu", lambda x, approximate=False: keras.ops.gelu(x, approximate=False))
+        monkeypatch.setattr(keras_vit.layers, "gelu", lambda x, approximate=False, training=False: keras.ops.gelu(x, approximate=False))
     model = tiny_vit(gelu_approximate=(gelu == "approximate"))
     graph_ops = {node.op for node in tflite.frozen_function(model).graph.as_graph_def().node}
     assert ("Erfc" in graph_ops) == (gelu == "tf_nn_gelu_exact")

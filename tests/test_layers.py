@@ -166,6 +166,7 @@ def test_token_pooling_takes_class_token_or_averages_patch_tokens_only():
         layers.MultiHeadSelfAttention(4, 0.1),
         layers.TransformerBlock(4, 32, 0.1, 0.2, 0.3, True, 1e-12),
         layers.TokenPooling("gap", 0),
+        layers.LayerNorm(epsilon=1e-12),
     ],
     ids=lambda layer: type(layer).__name__,
 )
@@ -176,3 +177,50 @@ def test_every_layer_round_trips_through_its_config(layer):
     serialized = keras.saving.serialize_keras_object(layer)
     assert serialized["registered_name"].startswith("keras_vit>")
     assert keras.saving.deserialize_keras_object(serialized).get_config() == config
+
+
+def _value_and_gradients(fn, *inputs):
+    import tensorflow as tf
+
+    inputs = [tf.constant(v) for v in inputs]
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        out = fn(*inputs)
+        loss = tf.reduce_sum(out * tf.cos(out))  # a non-trivial upstream gradient
+    return [out.numpy()] + [g.numpy() for g in tape.gradient(loss, inputs)]
+
+
+def test_training_layer_norm_has_the_value_and_gradient_of_keras_layer_norm():
+    x = RNG.normal(1.0, 3.0, size=(3, 5, 16)).astype("float32")
+    gamma, beta = RNG.normal(size=16).astype("float32"), RNG.normal(size=16).astype("float32")
+    layer = layers.LayerNorm(epsilon=1e-6)
+    reference = keras.layers.LayerNormalization(epsilon=1e-6)
+    for norm in (layer, reference):
+        norm.build(x.shape)
+        norm.set_weights([gamma, beta])
+    # Gradients with respect to the input, through Keras' own (differentiated) layer.
+    ours = _value_and_gradients(lambda t: layer(t, training=True), x)
+    theirs = _value_and_gradients(lambda t: reference(t), x)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    # And with respect to gamma and beta, against the formula differentiated by TensorFlow.
+    from keras_vit.layers import _layer_norm_with_gradient
+
+    def formula(x, g, b):
+        mean = keras.ops.mean(x, -1, keepdims=True)
+        var = keras.ops.mean(keras.ops.square(x - mean), -1, keepdims=True)
+        return (x - mean) / keras.ops.sqrt(var + 1e-6) * g + b
+
+    ours = _value_and_gradients(lambda *t: _layer_norm_with_gradient(*t, 1e-6), x, gamma, beta)
+    theirs = _value_and_gradients(formula, x, gamma, beta)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_training_gelu_has_the_value_and_gradient_of_the_exact_formula():
+    x = RNG.normal(0.0, 3.0, size=(4, 7)).astype("float32")
+    ours = _value_and_gradients(lambda t: layers.gelu(t, training=True), x)
+    theirs = _value_and_gradients(lambda t: layers.gelu(t, training=False), x)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(ours[0], np_gelu(x), atol=1e-5)
