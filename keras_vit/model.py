@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from keras_vit import layers
-from keras_vit.config import VARIANTS, ViTConfig
+from keras_vit.config import MODEL_SIZES, VARIANTS, ViTConfig
 
 
 def build_vit(config, input_tensor=None, name="vit"):
@@ -178,13 +178,10 @@ def _make_variant(variant):
         input_tensor=None,
         **overrides,
     ):
-        size_args = ViTConfig.from_variant(variant).to_dict()
-        for key in ("hidden_dim", "num_layers", "num_heads", "mlp_dim"):
-            overrides.setdefault(key, size_args[key])
+        overrides = {**MODEL_SIZES[size], "patch_size": patch, **overrides}
         resolved_size, channels = _resolve_image_size(image_size, input_shape, 224)
         return VisionTransformer(
             image_size=resolved_size,
-            patch_size=overrides.pop("patch_size", patch),
             num_classes=num_classes,
             include_top=include_top,
             pooling=pooling,
