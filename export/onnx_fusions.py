@@ -30,11 +30,12 @@ H heads of size hd = D / H, W [D, 3D] and b [3D] the fused qkv Dense):
     qkv     = Add(Reshape(MatMul(Reshape(x, [-1, D]), W)), b)   # the Add is absent when b == 0
     q, k, v = Squeeze(Split(Transpose(Reshape(qkv, [-1, T, 3, H, hd]), [2, 0, 3, 1, 4]), axis=0))
     probs   = Softmax(MatMul(Mul(q, scale), Transpose(k, [0, 1, 3, 2])))
-    context = Reshape(Transpose(MatMul(probs, v), [0, 2, 1, 3]), [-1, T, D])
-  -> com.microsoft Attention(x, W, b, num_heads=H, scale=scale)   (context [B, T, D])
+    context = Reshape(Transpose(MatMul(probs, v), [0, 2, 1, 3]), [-1, D])  # or [-1, T, D]
+  -> com.microsoft Attention(x, W, b, num_heads=H, scale=scale)   (context [B, T, D]),
+     then Reshape(context, [-1, D]) where the layer flattens the context for its output Dense
 
-How: every node is tried as the last node of each pattern; on a match, one new node that
-writes the same output tensor takes its place, and the rest of the subgraph, no longer
+How: every node is tried as the last node of each pattern; on a match, one new node (or a
+short chain of new nodes) that writes the same output tensor takes its place, and the rest of the subgraph, no longer
 read by anything, is dropped by a dead-code pass. A value of a matched subgraph that is
 also read elsewhere is thus kept, so a match never changes what the graph computes.
 """
@@ -129,7 +130,9 @@ class _Graph:
     def add_initializer(self, name, array):
         from onnx import numpy_helper
 
-        self.new_initializers.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
+        array = np.asarray(array)
+        array = array if array.dtype == np.int64 else array.astype(np.float32)
+        self.new_initializers.append(numpy_helper.from_array(array, name))
         self.constants[name] = array
         return name
 
@@ -243,7 +246,7 @@ def _gelu(g, node):
 def _attention(g, node):
     _need(node.op_type == "Reshape")
     out_shape = g.const(node.input[1])
-    _need(out_shape is not None and out_shape.shape == (3,))
+    _need(out_shape is not None and out_shape.shape in ((2,), (3,)))
     merge_heads = g.parent(node.input[0], "Transpose")
     _need(list(_attr(merge_heads, "perm", [])) == [0, 2, 1, 3])
     context = g.parent(merge_heads.input[0], "MatMul")
@@ -266,7 +269,7 @@ def _attention(g, node):
     _need(shape5 is not None and shape5.shape == (5,) and shape5[2] == 3)
     tokens, num_heads, head_dim = (int(v) for v in shape5[[1, 3, 4]])
     dim = num_heads * head_dim
-    _need(list(out_shape[1:]) == [tokens, dim])
+    _need(list(out_shape[1:]) in ([dim], [tokens, dim]))
 
     # The qkv Dense: MatMul(Reshape(x, [-1, D]), W), then (a Reshape back to [B, T, 3D] and)
     # the bias Add, both absent when the bias is zero.
@@ -286,9 +289,18 @@ def _attention(g, node):
     _need(bias is None or bias.size == bias.shape[-1] == 3 * dim)
     bias = np.zeros(3 * dim, np.float32) if bias is None else bias.reshape(3 * dim)
     bias_name = g.add_initializer(f"{node.name}/fused_qkv_bias", bias)
-    return _new_node(
+    attention = _new_node(
         "Attention", [x, weight_name, bias_name], node, domain=CONTRIB_DOMAIN, num_heads=num_heads, scale=float(scale.reshape(()))
     )
+    if out_shape.shape == (3,):
+        return attention
+    # The layer flattens the context to [B * T, D] for its output Dense: Attention writes
+    # [B, T, D] into a new tensor and a Reshape flattens it into the anchor's output.
+    from onnx import helper
+
+    attention.output[0] = f"{node.name}/fused_attention_output"
+    flatten_name = g.add_initializer(f"{node.name}/fused_flatten_shape", np.asarray([-1, dim], np.int64))
+    return [attention, helper.make_node("Reshape", [attention.output[0], flatten_name], [node.output[0]], name=f"{node.name}/fused_flatten")]
 
 
 MATCHERS = (_attention, _layer_norm, _gelu)
@@ -316,9 +328,12 @@ def fuse(proto):
                 break
             except _NoMatch:
                 continue
-        nodes.append(fused or node)
-        if fused is not None:
-            counts[fused.op_type] += 1
+        if fused is None:
+            nodes.append(node)
+            continue
+        fused = fused if isinstance(fused, list) else [fused]
+        nodes.extend(fused)
+        counts[fused[0].op_type] += 1
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
     proto.graph.initializer.extend(g.new_initializers)

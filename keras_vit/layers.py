@@ -11,6 +11,7 @@ import math
 import keras
 from keras import ops
 
+from keras_vit import tensorflow_kernels
 from keras_vit.resize import resize_position_embedding
 
 register = keras.saving.register_keras_serializable(package="keras_vit")
@@ -29,11 +30,14 @@ def gelu(x, approximate=False, training=False):
     """GELU; exact (erf) as in timm and Hugging Face, or the tanh form as in flax/vit_jax.
 
     The exact form is spelled with `erf` so that every exporter (TFLite builtins, tf2onnx)
-    sees an op it knows. In training it carries a hand-written gradient (`_gelu_exact`).
+    sees an op it knows. In training it carries a hand-written gradient: on TensorFlow as
+    two XLA-compiled kernels (`tensorflow_kernels.gelu_exact`), elsewhere `_gelu_exact`.
     """
     if approximate:
         return ops.gelu(x, approximate=True)
     if training:
+        if keras.backend.backend() == "tensorflow":
+            return tensorflow_kernels.gelu_exact(x)
         return _gelu_exact(x)
     return 0.5 * x * (1.0 + ops.erf(x * INV_SQRT_2))
 
@@ -41,7 +45,7 @@ def gelu(x, approximate=False, training=False):
 @ops.custom_gradient
 def _gelu_exact(x):
     """x * Phi(x) whose gradient, Phi(x) + x * phi(x), reuses Phi: about half the element-wise
-    passes of the differentiated formula (GELU was a fifth of a ViT-Ti training step)."""
+    passes of the differentiated formula."""
     cdf = 0.5 + 0.5 * ops.erf(x * INV_SQRT_2)
 
     def grad(*args, upstream=None):
@@ -238,7 +242,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def call(self, x, training=None):
         length, dim = x.shape[1], x.shape[2]
-        qkv = ops.reshape(self.qkv(x), (-1, length, 3, self.num_heads, self.head_dim))
+        qkv = ops.reshape(self.qkv(ops.reshape(x, (-1, dim))), (-1, length, 3, self.num_heads, self.head_dim))
         # One transpose to [3, B, heads, T, head_dim]; then both attention products are plain
         # batched matmuls with no further transposes (the einsums below need none).
         query, key, value = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
@@ -248,8 +252,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), x.dtype)
         probs = self.attention_dropout(probs, training=training)
         context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
-        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (-1, length, dim))
-        return self.output_projection(context)
+        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (-1, dim))
+        return ops.reshape(self.output_projection(context), (-1, length, dim))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -312,10 +316,12 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_dense_2.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
 
     def call(self, x, training=None):
+        length, dim = x.shape[1], x.shape[2]
         branch = self.attention(self.attention_norm(x, training=training), training=training)
         x = x + self.drop_path(self.dropout(branch, training=training), training=training)
-        branch = gelu(self.mlp_dense_1(self.mlp_norm(x, training=training)), self.gelu_approximate, training)
-        branch = self.mlp_dense_2(self.dropout(branch, training=training))
+        branch = self.mlp_dense_1(ops.reshape(self.mlp_norm(x, training=training), (-1, dim)))
+        branch = self.mlp_dense_2(self.dropout(gelu(branch, self.gelu_approximate, training), training=training))
+        branch = ops.reshape(branch, (-1, length, dim))
         return x + self.drop_path(self.dropout(branch, training=training), training=training)
 
     def compute_output_shape(self, input_shape):

@@ -217,10 +217,28 @@ def test_training_layer_norm_has_the_value_and_gradient_of_keras_layer_norm():
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_training_gelu_has_the_value_and_gradient_of_the_exact_formula():
+@pytest.mark.parametrize("training_gelu", ["backend", "keras_ops"])
+def test_training_gelu_has_the_value_and_gradient_of_the_exact_formula(training_gelu):
+    # "backend": what training runs here (TensorFlow: the XLA kernels); "keras_ops": the
+    # custom-gradient spelling every other backend runs.
+    from keras_vit.layers import _gelu_exact
+
+    gelu = (lambda t: layers.gelu(t, training=True)) if training_gelu == "backend" else _gelu_exact
     x = RNG.normal(0.0, 3.0, size=(4, 7)).astype("float32")
-    ours = _value_and_gradients(lambda t: layers.gelu(t, training=True), x)
+    ours = _value_and_gradients(gelu, x)
     theirs = _value_and_gradients(lambda t: layers.gelu(t, training=False), x)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(ours[0], np_gelu(x), atol=1e-5)
+
+
+def test_training_gelu_under_bfloat16_keeps_the_dtype_and_computes_in_float32():
+    import tensorflow as tf
+
+    x = RNG.normal(0.0, 3.0, size=(3, 8)).astype("float32")
+    x16 = tf.cast(x, tf.bfloat16)
+    ours = _value_and_gradients(lambda t: layers.gelu(tf.cast(t, tf.bfloat16), training=True), x)
+    assert layers.gelu(x16, training=True).dtype == tf.bfloat16
+    # The only rounding is the bfloat16 input and output (8 bits of mantissa).
+    reference = np_gelu(tf.cast(x16, tf.float32).numpy())
+    np.testing.assert_allclose(ours[0].astype("float32"), reference, rtol=1e-2, atol=1e-2)
