@@ -44,6 +44,10 @@ def time_interleaved(functions, rounds, calls_per_round, warmup=2):
     samples = {name: [] for name in functions}
     for _ in range(rounds):
         for name, fn in functions.items():
+            # One untimed call first: right after a TensorFlow call, TensorFlow's thread pool
+            # still spins for a while and takes the cores from the next path's first call
+            # (it made onnxruntime and LiteRT at batch 1 look up to 2x slower than alone).
+            fn()
             for _ in range(calls_per_round):
                 start = time.perf_counter()
                 fn()

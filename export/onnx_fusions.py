@@ -27,12 +27,12 @@ FastGelu (tanh GELU, `keras.ops.gelu(approximate=True)`):
 
 Attention (keras_vit `MultiHeadSelfAttention` up to the output projection; x [B, T, D],
 H heads of size hd = D / H, W [D, 3D] and b [3D] the fused qkv Dense):
-    qkv     = Add(Reshape(MatMul(Reshape(x, [-1, D]), W)), b)   # the Add is absent when b == 0
+    qkv     = Add(MatMul(Reshape(x, [-1, D]), W), b)   # the Add is absent when b == 0
     q, k, v = Squeeze(Split(Transpose(Reshape(qkv, [-1, T, 3, H, hd]), [2, 0, 3, 1, 4]), axis=0))
     probs   = Softmax(MatMul(Mul(q, scale), Transpose(k, [0, 1, 3, 2])))
-    context = Reshape(Transpose(MatMul(probs, v), [0, 2, 1, 3]), [-1, D])  # or [-1, T, D]
-  -> com.microsoft Attention(x, W, b, num_heads=H, scale=scale)   (context [B, T, D]),
-     then Reshape(context, [-1, D]) where the layer flattens the context for its output Dense
+    context = Reshape(Transpose(MatMul(probs, v), [0, 2, 1, 3]), [-1, D])
+  -> Reshape(com.microsoft Attention(x, W, b, num_heads=H, scale=scale), [-1, D])
+     (Attention writes the context as [B, T, D]; the layer flattens it for its output Dense)
 
 How: every node is tried as the last node of each pattern; on a match, one new node (or a
 short chain of new nodes) that writes the same output tensor takes its place, and the rest of the subgraph, no longer
@@ -246,7 +246,7 @@ def _gelu(g, node):
 def _attention(g, node):
     _need(node.op_type == "Reshape")
     out_shape = g.const(node.input[1])
-    _need(out_shape is not None and out_shape.shape in ((2,), (3,)))
+    _need(out_shape is not None and out_shape.shape == (2,))
     merge_heads = g.parent(node.input[0], "Transpose")
     _need(list(_attr(merge_heads, "perm", [])) == [0, 2, 1, 3])
     context = g.parent(merge_heads.input[0], "MatMul")
@@ -269,15 +269,13 @@ def _attention(g, node):
     _need(shape5 is not None and shape5.shape == (5,) and shape5[2] == 3)
     tokens, num_heads, head_dim = (int(v) for v in shape5[[1, 3, 4]])
     dim = num_heads * head_dim
-    _need(list(out_shape[1:]) in ([dim], [tokens, dim]))
+    _need(list(out_shape[1:]) == [dim])
 
-    # The qkv Dense: MatMul(Reshape(x, [-1, D]), W), then (a Reshape back to [B, T, 3D] and)
-    # the bias Add, both absent when the bias is zero.
+    # The qkv Dense: MatMul(Reshape(x, [-1, D]), W), then the bias Add (absent when the bias
+    # is zero).
     qkv_name, bias = split_heads.input[0], None
     if g.producers.get(qkv_name) is not None and g.producers[qkv_name].op_type == "Add":
         qkv_name, bias = g.split_constant(g.producers[qkv_name])
-    if g.producers.get(qkv_name) is not None and g.producers[qkv_name].op_type == "Reshape":
-        qkv_name = g.producers[qkv_name].input[0]
     projection = g.parent(qkv_name, "MatMul")
     weight_name = projection.input[1]
     weight = g.const(weight_name)
@@ -292,10 +290,6 @@ def _attention(g, node):
     attention = _new_node(
         "Attention", [x, weight_name, bias_name], node, domain=CONTRIB_DOMAIN, num_heads=num_heads, scale=float(scale.reshape(()))
     )
-    if out_shape.shape == (3,):
-        return attention
-    # The layer flattens the context to [B * T, D] for its output Dense: Attention writes
-    # [B, T, D] into a new tensor and a Reshape flattens it into the anchor's output.
     from onnx import helper
 
     attention.output[0] = f"{node.name}/fused_attention_output"

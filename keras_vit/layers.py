@@ -222,6 +222,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     Input: [B, T, D]. Output: [B, T, D]. Weights: `qkv` Dense D -> 3D (q, k, v blocks in
     that order, each heads-major), `output` Dense D -> D.
+
+    Both Dense layers see the tokens as one [B * T, D] matrix (a free reshape): a 2-D
+    matmul that TensorFlow fuses with the bias add, where a 3-D input would go through
+    `tensordot` and leave dynamic-shape ops in every exported graph.
     """
 
     def __init__(self, num_heads, attention_dropout_rate=0.0, **kwargs):
@@ -270,8 +274,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 class TransformerBlock(keras.layers.Layer):
     """Pre-norm encoder block: `x + MHSA(LN(x))`, then `x + MLP(LN(x))`.
 
-    The MLP is Dense(mlp_dim), GELU, dropout, Dense(D), dropout. Each residual branch goes
-    through stochastic depth (`drop_path_rate`). Input and output: [B, T, D].
+    The MLP is Dense(mlp_dim), GELU, dropout, Dense(D), dropout, on the tokens as one
+    [B * T, D] matrix (see `MultiHeadSelfAttention`). Each residual branch goes through
+    stochastic depth (`drop_path_rate`). Input and output: [B, T, D].
     """
 
     def __init__(
