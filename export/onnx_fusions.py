@@ -35,8 +35,8 @@ H heads of size hd = D / H, W [D, 3D] and b [3D] the fused qkv Dense):
      (Attention writes the context as [B, T, D]; the layer flattens it for its output Dense)
 
 How: every node is tried as the last node of each pattern; on a match, one new node (or a
-short chain of new nodes) that writes the same output tensor takes its place, and the rest of the subgraph, no longer
-read by anything, is dropped by a dead-code pass. A value of a matched subgraph that is
+short chain of them) writing the same output tensor takes its place, and the rest of the
+subgraph, no longer read by anything, is dropped by a dead-code pass. A value of a matched subgraph that is
 also read elsewhere is thus kept, so a match never changes what the graph computes.
 """
 
@@ -244,6 +244,8 @@ def _gelu(g, node):
 
 
 def _attention(g, node):
+    from onnx import helper
+
     _need(node.op_type == "Reshape")
     out_shape = g.const(node.input[1])
     _need(out_shape is not None and out_shape.shape == (2,))
@@ -290,8 +292,6 @@ def _attention(g, node):
     attention = _new_node(
         "Attention", [x, weight_name, bias_name], node, domain=CONTRIB_DOMAIN, num_heads=num_heads, scale=float(scale.reshape(()))
     )
-    from onnx import helper
-
     attention.output[0] = f"{node.name}/fused_attention_output"
     flatten_name = g.add_initializer(f"{node.name}/fused_flatten_shape", np.asarray([-1, dim], np.int64))
     return [attention, helper.make_node("Reshape", [attention.output[0], flatten_name], [node.output[0]], name=f"{node.name}/fused_flatten")]

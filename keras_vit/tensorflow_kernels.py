@@ -10,10 +10,6 @@ keeps the `keras.ops` spelling in `keras_vit.layers`, which other backends use t
 """
 
 import functools
-import math
-
-INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def gelu_exact(x):
@@ -27,6 +23,8 @@ def gelu_exact(x):
 @functools.cache
 def _compiled_gelu():
     import tensorflow as tf
+
+    from keras_vit.layers import INV_SQRT_2, INV_SQRT_2PI  # here: layers imports this module
 
     # reduce_retracing: one compiled function per rank, whatever the batch size.
     @tf.function(jit_compile=True, reduce_retracing=True)
