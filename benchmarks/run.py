@@ -5,8 +5,9 @@
 
 Peers are timed interleaved (round-robin, several rounds) so that machine noise hits all of
 them alike; every figure is a median with its interquartile range, and each is given as a
-ratio to keras-hub measured in the same run. Prints the tables and writes the
-"performance" section of docs/benchmarks.md.
+ratio to keras-hub measured in the same run. The float32 training step of each peer is also
+profiled op by op (`profile_step.py`). Prints the tables and writes the "performance"
+section of docs/benchmarks.md.
 """
 
 import argparse
@@ -24,6 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import peers  # noqa: E402
+import profile_step  # noqa: E402
 import report  # noqa: E402
 
 
@@ -31,9 +33,29 @@ def log(message):
     print(f"[bench] {message}", flush=True)
 
 
-def summarise(samples):
-    q25, median, q75 = np.percentile(np.asarray(samples) * 1000.0, [25, 50, 75])
-    return {"median_ms": median, "iqr_ms": (q25, q75), "n": len(samples)}
+def summarise(rounds):
+    """Per-path samples, a list of seconds per round -> median and IQR over all calls (ms)."""
+    samples = np.concatenate(rounds) * 1000.0
+    q25, median, q75 = np.percentile(samples, [25, 50, 75])
+    return {"median_ms": median, "iqr_ms": (q25, q75), "n": len(samples),
+            "round_medians_ms": [float(np.median(r)) * 1000.0 for r in rounds]}
+
+
+def paired_ratio(stats, reference):
+    """Time ratio to `reference`, round by round: (median, (q25, q75)) of the per-round ratios.
+
+    Each round times every path within seconds, so a slow spell of the (shared) host hits
+    both sides of a round's ratio; the ratio of overall medians would mix rounds.
+    """
+    ratios = np.asarray(stats["round_medians_ms"]) / np.asarray(reference["round_medians_ms"])
+    q25, median, q75 = np.percentile(ratios, [25, 50, 75])
+    return median, (q25, q75)
+
+
+def ratio_cells(column, stats, reference):
+    """{column: median ratio, "ratio IQR": its spread}, as table cells."""
+    median, (q25, q75) = paired_ratio(stats, reference)
+    return {column: f"{median:.2f}", "ratio IQR": f"{q25:.2f}-{q75:.2f}"}
 
 
 def time_interleaved(functions, rounds, calls_per_round, warmup=2):
@@ -44,6 +66,7 @@ def time_interleaved(functions, rounds, calls_per_round, warmup=2):
     samples = {name: [] for name in functions}
     for _ in range(rounds):
         for name, fn in functions.items():
+            samples[name].append([])
             # One untimed call first: right after a TensorFlow call, TensorFlow's thread pool
             # still spins for a while and takes the cores from the next path's first call
             # (it made onnxruntime and LiteRT at batch 1 look up to 2x slower than alone).
@@ -51,7 +74,7 @@ def time_interleaved(functions, rounds, calls_per_round, warmup=2):
             for _ in range(calls_per_round):
                 start = time.perf_counter()
                 fn()
-                samples[name].append(time.perf_counter() - start)
+                samples[name][-1].append(time.perf_counter() - start)
     return {name: summarise(s) for name, s in samples.items()}
 
 
@@ -100,7 +123,8 @@ def inference_table(sizes, batches, rounds, with_exports):
             else:
                 log(f"ViT-{size}/16 batch {batch}: timing {len(functions)} paths")
                 results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
-            reference = min(results["keras-hub predict_on_batch"]["median_ms"], results["keras-hub tf.function+XLA"]["median_ms"])
+            reference = min((results[f"keras-hub {path}"] for path in ("predict_on_batch", "tf.function+XLA")),
+                            key=lambda stats: stats["median_ms"])
             for path, stats in results.items():
                 rows.append(
                     {
@@ -109,7 +133,7 @@ def inference_table(sizes, batches, rounds, with_exports):
                         "path": path,
                         "median ms": f"{stats['median_ms']:.1f}",
                         "IQR ms": f"{stats['iqr_ms'][0]:.1f}-{stats['iqr_ms'][1]:.1f}",
-                        "vs best keras-hub": f"{stats['median_ms'] / reference:.2f}",
+                        **ratio_cells("vs best keras-hub", stats, reference),
                         "GFLOP/s": f"{flops * batch / (stats['median_ms'] / 1000) / 1e9:.0f}",
                     }
                 )
@@ -145,7 +169,7 @@ def training_table(variants, rounds):
                     "XLA": jit,
                     "median ms": f"{stats['median_ms']:.0f}",
                     "IQR ms": f"{stats['iqr_ms'][0]:.0f}-{stats['iqr_ms'][1]:.0f}",
-                    "vs keras-hub": f"{stats['median_ms'] / results['keras-hub']['median_ms']:.2f}",
+                    **ratio_cells("vs keras-hub", stats, results["keras-hub"]),
                     "GFLOP/s": f"{flops / (stats['median_ms'] / 1000) / 1e9:.0f}",
                 }
             )
@@ -170,21 +194,31 @@ def main(argv=None):
     sizes, batches = (["Ti"], [1]) if args.quick else (["Ti", "B"], [1, 8])
     inference = inference_table(sizes, batches, rounds, with_exports=not args.no_exports)
     variants = [("float32", False)] if args.quick else [("float32", False), ("float32", True), ("mixed_bfloat16", False)]
-    training = training_table(variants, rounds)
+    training = training_table(variants, rounds=3 if args.quick else 8)
+    log("training step op by op, each peer in its own process")
+    profile = profile_step.table(steps=3 if args.quick else 5)
 
-    inference_columns = ["model", "batch", "path", "median ms", "IQR ms", "vs best keras-hub", "GFLOP/s"]
-    training_columns = ["peer", "precision", "XLA", "median ms", "IQR ms", "vs keras-hub", "GFLOP/s"]
+    inference_columns = ["model", "batch", "path", "median ms", "IQR ms", "vs best keras-hub", "ratio IQR", "GFLOP/s"]
+    training_columns = ["peer", "precision", "XLA", "median ms", "IQR ms", "vs keras-hub", "ratio IQR", "GFLOP/s"]
     markdown = "\n\n".join(
         [
             "## Performance: keras_vit vs keras-hub" + (" (quick run)" if args.quick else ""),
             "Made by `python benchmarks/run.py" + (" --quick" if args.quick else "") + "`. Peers timed interleaved in one "
-            "process; median and interquartile range over all calls; ratios against keras-hub's best path "
-            "(its `predict_on_batch` or `tf.function`+XLA, whichever is faster) in the same run.",
+            "process; median and interquartile range over all calls. Ratios are to keras-hub's best path "
+            "(its `predict_on_batch` or `tf.function`+XLA, whichever has the lower median) in the same run, taken "
+            "round by round (each round times every path within seconds) and given as the median and IQR of the "
+            "per-round ratios.",
             report.facts_markdown({**facts, f"fp32 matmul ({matmul_size}^3), GFLOP/s": f"{limit:.0f}"}),
             "### Inference, 224x224, float32",
             report.markdown_table(inference, inference_columns),
             "### Training step, ViT-Ti shape at 32x32, patch 4, batch 64, AdamW",
             report.markdown_table(training, training_columns),
+            "### Training step op by op (float32, no XLA)",
+            "Made by `benchmarks/profile_step.py`: one step profiled with TensorFlow's profiler, each peer in its own "
+            "process with one inter-op thread, so that ops run one at a time and their times add up to the step. "
+            "(With the default threads, as in the table above, independent ops overlap and the step is shorter.) "
+            "Milliseconds per step, by op type; oneDNN's kernels count as the op they implement.",
+            report.markdown_table(profile, profile_step.COLUMNS),
         ]
     )
     print(markdown)

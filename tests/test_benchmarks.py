@@ -1,4 +1,5 @@
-"""The benchmark entry point runs end to end in --quick mode (no timing assertions)."""
+"""The benchmark entry point runs end to end in --quick mode (no timing assertions), and the
+step profile groups TensorFlow's op types as its table says."""
 
 import pathlib
 import subprocess
@@ -24,3 +25,19 @@ def test_benchmark_quick_mode_writes_its_tables(tmp_path):
                  "keras_vit LiteRT (XNNPACK)"):
         assert f"| {path} |" in text, path
     assert "| keras_vit | float32 | False |" in text and "| keras-hub | float32 | False |" in text
+    assert "### Training step op by op" in text
+    for group in ("| MatMul (2-D) |", "| optimizer update (AdamW) |", "| all ops |"):
+        assert group in text, group
+
+
+def test_profile_groups_count_onednn_kernels_as_their_op_and_the_optimizer_by_scope():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import profile_step
+
+    assert profile_step._group("gradient_tape/vit/block_0/qkv/MatMul_1", "_MklMatMul") == "MatMul (2-D)"
+    assert profile_step._group("vit/block_0/qkv/MatMul", "_MklNativeFusedMatMul") == "MatMul (2-D)"
+    assert profile_step._group("vit/block_0/attention/einsum/Einsum", "_MklBatchMatMulV2") == "BatchMatMul"
+    assert profile_step._group("vit/patches/Conv2D", "_MklNativeFusedConv2D") == "Conv2D (patches)"
+    assert profile_step._group(f"{profile_step.OPTIMIZER_NAME}/Mul_3", "Mul") == profile_step.OPTIMIZER
+    assert profile_step._group(f"{profile_step.OPTIMIZER_NAME}/MatMul", "MatMul") == profile_step.OPTIMIZER
+    assert profile_step._group("vit/block_0/mlp_norm/Mean", "Mean") == profile_step.OTHER
