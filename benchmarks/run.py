@@ -1,16 +1,20 @@
-"""keras_vit against keras-hub (and the machine's matmul limit), in one run on one machine.
+"""keras_vit against keras-hub, timm and the machine's matmul limit, in one run on one machine.
 
     python benchmarks/run.py            # full run: ViT-Ti/16 and ViT-B/16, batch 1 and 8, training
     python benchmarks/run.py --quick    # a few minutes: ViT-Ti/16 batch 1, float32 training only
 
 Peers are timed interleaved (round-robin, several rounds) so that machine noise hits all of
 them alike; every figure is a median with its interquartile range, and each is given as a
-ratio to keras-hub measured in the same run. The float32 training step of each peer is also
-profiled op by op (`profile_step.py`). Prints the tables and writes the "performance"
-section of docs/benchmarks.md.
+ratio to keras-hub measured in the same run. timm (PyTorch), the issue's reference for
+training speed, joins the float32 training step where torch and timm are installed
+(`timm_peer.py`, its own process; not in the inference table, whose ViT-B/16 exports take
+most of a 24 GiB machine's memory: a timm process beside them ran it out of memory).
+The float32 training step of each Keras peer is also profiled op by op (`profile_step.py`).
+Prints the tables and writes the "performance" section of docs/benchmarks.md.
 """
 
 import argparse
+import contextlib
 import os
 import pathlib
 import sys
@@ -27,6 +31,7 @@ import tensorflow as tf  # noqa: E402
 import peers  # noqa: E402
 import profile_step  # noqa: E402
 import report  # noqa: E402
+import timm_peer  # noqa: E402
 
 
 def log(message):
@@ -105,6 +110,20 @@ def export_paths(model, images, workdir):
     return bench_runners(model, images, workdir)
 
 
+def timm_paths(timm, compiled, parameters, **model):
+    """timm's calls of the same model, eager (and torch.compile), built in the timm process.
+
+    `parameters`: keras_vit's count for the same configuration, which timm's must equal.
+    """
+    modes = {"timm eager": False, **({"timm torch.compile": True} if compiled else {})}
+    for path, compile_model in modes.items():
+        log(f"timm: building {path}")
+        count = timm.build(path, compiled=compile_model, **model)
+        if count != parameters:
+            raise RuntimeError(f"timm's model {model} has {count} parameters, keras_vit's {parameters}")
+    return {path: timm.caller(path) for path in modes}
+
+
 def inference_table(sizes, batches, rounds, with_exports):
     rows = []
     for size in sizes:
@@ -142,8 +161,24 @@ def inference_table(sizes, batches, rounds, with_exports):
     return rows
 
 
-def training_table(variants, rounds):
-    """Train-step time of a ViT-Ti-shaped model at 32x32, patch 4, batch 64, AdamW."""
+@contextlib.contextmanager
+def timm_process(python):
+    """The timm peer (`timm_peer.TimmPeer`) for the block, or None, logged with the reason."""
+    timm, why_not = timm_peer.start(python) if python else (None, "--no-timm")
+    if not timm:
+        log(f"timm rows left out ({why_not})")
+    try:
+        yield timm
+    finally:
+        if timm:
+            timm.close()
+
+
+def training_table(variants, rounds, timm=None, timm_compiled=True):
+    """Train-step time of a ViT-Ti-shaped model at 32x32, patch 4, batch 64, AdamW.
+
+    timm, when given, joins the float32 variant without XLA (eager and torch.compile).
+    """
     rows = []
     images = np.random.RandomState(0).uniform(-1, 1, (64, 32, 32, 3)).astype("float32")
     labels = np.random.RandomState(1).randint(0, 10, 64)
@@ -159,14 +194,19 @@ def training_table(variants, rounds):
                 jit_compile=jit,
             )
             functions[name] = lambda model=model: model.train_on_batch(images, labels)
+        if timm and (policy, jit) == ("float32", False):
+            functions.update(timm_paths(timm, timm_compiled, model.count_params(), size="Ti", image_size=32,
+                                        patch_size=4, num_classes=10, batch=64, train=True))
         log(f"training step, {policy}, XLA={jit}")
         results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
         for name, stats in results.items():
+            if name.startswith("timm"):
+                timm.drop(name)
             rows.append(
                 {
                     "peer": name,
                     "precision": policy,
-                    "XLA": jit,
+                    "XLA": "-" if name.startswith("timm") else jit,
                     "median ms": f"{stats['median_ms']:.0f}",
                     "IQR ms": f"{stats['iqr_ms'][0]:.0f}-{stats['iqr_ms'][1]:.0f}",
                     **ratio_cells("vs keras-hub", stats, results["keras-hub"]),
@@ -183,6 +223,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="ViT-Ti/16 batch 1 and float32 training only (minutes)")
     parser.add_argument("--no-exports", action="store_true", help="skip the ONNX Runtime / LiteRT paths")
     parser.add_argument("--doc", default=str(report.DOC), help="markdown file to write the section into")
+    parser.add_argument("--timm-python", default=sys.executable,
+                        help="Python with torch and timm for the timm rows (default: this one; see timm_peer.py)")
+    parser.add_argument("--no-timm", action="store_true", help="leave timm out even where it is installed")
     args = parser.parse_args(argv)
 
     facts = report.machine_facts()
@@ -194,7 +237,11 @@ def main(argv=None):
     sizes, batches = (["Ti"], [1]) if args.quick else (["Ti", "B"], [1, 8])
     inference = inference_table(sizes, batches, rounds, with_exports=not args.no_exports)
     variants = [("float32", False)] if args.quick else [("float32", False), ("float32", True), ("mixed_bfloat16", False)]
-    training = training_table(variants, rounds=3 if args.quick else 8)
+    # timm's process lives for the training table only; torch.compile (a minute or more) in full runs only.
+    with timm_process(None if args.no_timm else args.timm_python) as timm:
+        if timm:
+            facts.update({f"timm process: {key}": value for key, value in timm.versions.items()})
+        training = training_table(variants, rounds=3 if args.quick else 8, timm=timm, timm_compiled=not args.quick)
     log("training step op by op, each peer in its own process")
     profile = profile_step.table(steps=3 if args.quick else 5)
 
@@ -207,7 +254,8 @@ def main(argv=None):
             "process; median and interquartile range over all calls. Ratios are to keras-hub's best path "
             "(its `predict_on_batch` or `tf.function`+XLA, whichever has the lower median) in the same run, taken "
             "round by round (each round times every path within seconds) and given as the median and IQR of the "
-            "per-round ratios.",
+            "per-round ratios." + (" timm (training step only) runs in a process of its own, driven call by call "
+                                   "from this one (`benchmarks/timm_peer.py`), interleaved like the other paths." if timm else ""),
             report.facts_markdown({**facts, f"fp32 matmul ({matmul_size}^3), GFLOP/s": f"{limit:.0f}"}),
             "### Inference, 224x224, float32",
             report.markdown_table(inference, inference_columns),

@@ -1,6 +1,8 @@
-"""The benchmark entry point runs end to end in --quick mode (no timing assertions), and the
-step profile groups TensorFlow's op types as its table says."""
+"""The benchmark entry point runs end to end in --quick mode (no timing assertions), the
+step profile groups TensorFlow's op types as its table says, and the optional timm peer
+stays out cleanly where torch is missing."""
 
+import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -41,3 +43,15 @@ def test_profile_groups_count_onednn_kernels_as_their_op_and_the_optimizer_by_sc
     assert profile_step._group(f"{profile_step.OPTIMIZER_NAME}/Mul_3", "Mul") == profile_step.OPTIMIZER
     assert profile_step._group(f"{profile_step.OPTIMIZER_NAME}/MatMul", "MatMul") == profile_step.OPTIMIZER
     assert profile_step._group("vit/block_0/mlp_norm/Mean", "Mean") == profile_step.OTHER
+
+
+def test_timm_peer_without_torch_is_left_out_with_the_reason_and_a_dead_child_raises():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import timm_peer
+
+    if importlib.util.find_spec("torch") and importlib.util.find_spec("timm"):
+        pytest.skip("torch and timm are installed here")
+    peer, why_not = timm_peer.start(sys.executable)
+    assert peer is None and ("torch" in why_not or "timm" in why_not), why_not
+    with pytest.raises(RuntimeError, match="the timm process exited"):
+        timm_peer.TimmPeer(sys.executable)
