@@ -32,6 +32,30 @@ def keras_hub_model(size, image_size, patch_size, num_classes=1000):
 
 PEERS = {"keras_vit": keras_vit_model, "keras-hub": keras_hub_model}
 
+# The training-step benchmark: a ViT-Ti-shaped model at 32x32, patch 4, batch 64, AdamW.
+TRAINING_STEP = {"size": "Ti", "image_size": 32, "patch_size": 4, "num_classes": 10, "batch": 64}
+
+
+def training_step(peer, jit_compile=False, optimizer_name="adamw"):
+    """(model compiled with AdamW and the loss, images, labels) for `peer`'s training step.
+
+    Images [64, 32, 32, 3] uniform in [-1, 1] (seed 0), labels seed 1; timm_peer.py makes
+    the same batch in PyTorch.
+    """
+    import numpy as np
+
+    step = TRAINING_STEP
+    shape = (step["batch"], step["image_size"], step["image_size"], 3)
+    images = np.random.RandomState(0).uniform(-1, 1, shape).astype("float32")
+    labels = np.random.RandomState(1).randint(0, step["num_classes"], step["batch"])
+    model = PEERS[peer](step["size"], step["image_size"], step["patch_size"], num_classes=step["num_classes"])
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-3, name=optimizer_name),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
+    )
+    return model, images, labels
+
 
 def forward_flops(size, image_size, patch_size, num_classes=1000):
     """Multiply-adds x 2 of one image's forward pass (matmuls and the patch projection)."""

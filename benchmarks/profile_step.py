@@ -60,8 +60,6 @@ def profile_peer(peer, steps):
 
     Sets TensorFlow's inter-op threads to 1, so call it in a fresh process.
     """
-    import keras
-    import numpy as np
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
@@ -69,14 +67,7 @@ def profile_peer(peer, steps):
     import peers
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    images = np.random.RandomState(0).uniform(-1, 1, (64, 32, 32, 3)).astype("float32")
-    labels = np.random.RandomState(1).randint(0, 10, 64)
-    model = peers.PEERS[peer]("Ti", 32, 4, num_classes=10)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(1e-3, name=OPTIMIZER_NAME),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=False,
-    )
+    model, images, labels = peers.training_step(peer, jit_compile=False, optimizer_name=OPTIMIZER_NAME)
     for _ in range(3):
         model.train_on_batch(images, labels)
     start = time.perf_counter()

@@ -111,7 +111,7 @@ def export_paths(model, images, workdir):
 
 
 def timm_paths(timm, compiled, parameters, **model):
-    """timm's calls of the same model, eager (and torch.compile), built in the timm process.
+    """timm's training steps of the same model, eager (and torch.compile), in the timm process.
 
     `parameters`: keras_vit's count for the same configuration, which timm's must equal.
     """
@@ -180,23 +180,16 @@ def training_table(variants, rounds, timm=None, timm_compiled=True):
     timm, when given, joins the float32 variant without XLA (eager and torch.compile).
     """
     rows = []
-    images = np.random.RandomState(0).uniform(-1, 1, (64, 32, 32, 3)).astype("float32")
-    labels = np.random.RandomState(1).randint(0, 10, 64)
-    flops = 3 * peers.forward_flops("Ti", 32, 4, num_classes=10) * 64
+    step = peers.TRAINING_STEP
+    flops = 3 * peers.forward_flops(step["size"], step["image_size"], step["patch_size"], step["num_classes"]) * step["batch"]
     for policy, jit in variants:
         keras.mixed_precision.set_global_policy(policy)
-        functions = {}
-        for name, build in peers.PEERS.items():
-            model = build("Ti", 32, 4, num_classes=10)
-            model.compile(
-                optimizer=keras.optimizers.AdamW(1e-3),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                jit_compile=jit,
-            )
-            functions[name] = lambda model=model: model.train_on_batch(images, labels)
+        steps = {name: peers.training_step(name, jit_compile=jit) for name in peers.PEERS}
+        functions = {name: lambda m=model, x=images, y=labels: m.train_on_batch(x, y)
+                     for name, (model, images, labels) in steps.items()}
         if timm and (policy, jit) == ("float32", False):
-            functions.update(timm_paths(timm, timm_compiled, model.count_params(), size="Ti", image_size=32,
-                                        patch_size=4, num_classes=10, batch=64, train=True))
+            keras_vit_parameters = steps["keras_vit"][0].count_params()
+            functions.update(timm_paths(timm, timm_compiled, keras_vit_parameters, **step))
         log(f"training step, {policy}, XLA={jit}")
         results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
         for name, stats in results.items():
@@ -239,7 +232,8 @@ def main(argv=None):
     variants = [("float32", False)] if args.quick else [("float32", False), ("float32", True), ("mixed_bfloat16", False)]
     # timm's process lives for the training table only; torch.compile (a minute or more) in full runs only.
     with timm_process(None if args.no_timm else args.timm_python) as timm:
-        if timm:
+        with_timm = timm is not None
+        if with_timm:
             facts.update({f"timm process: {key}": value for key, value in timm.versions.items()})
         training = training_table(variants, rounds=3 if args.quick else 8, timm=timm, timm_compiled=not args.quick)
     log("training step op by op, each peer in its own process")
@@ -255,7 +249,7 @@ def main(argv=None):
             "(its `predict_on_batch` or `tf.function`+XLA, whichever has the lower median) in the same run, taken "
             "round by round (each round times every path within seconds) and given as the median and IQR of the "
             "per-round ratios." + (" timm (training step only) runs in a process of its own, driven call by call "
-                                   "from this one (`benchmarks/timm_peer.py`), interleaved like the other paths." if timm else ""),
+                                   "from this one (`benchmarks/timm_peer.py`), interleaved like the other paths." if with_timm else ""),
             report.facts_markdown({**facts, f"fp32 matmul ({matmul_size}^3), GFLOP/s": f"{limit:.0f}"}),
             "### Inference, 224x224, float32",
             report.markdown_table(inference, inference_columns),

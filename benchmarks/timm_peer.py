@@ -1,4 +1,4 @@
-"""timm (PyTorch) as a third peer, in a child process that the benchmark drives call by call.
+"""timm (PyTorch) as a third peer of the training step, in a child process driven call by call.
 
 PyTorch and TensorFlow do not share a process safely (with TensorFlow 2.21 imported first,
 torch 2.14 crashed the interpreter: a segfault), so `TimmPeer` starts `python timm_peer.py --serve`
@@ -22,8 +22,7 @@ import subprocess
 import sys
 import tempfile
 
-TIMM_NAMES = {"Ti": "vit_tiny_patch16_224", "S": "vit_small_patch16_224", "B": "vit_base_patch16_224",
-              "L": "vit_large_patch16_224"}
+TIMM_NAMES = {"Ti": "vit_tiny_patch16_224", "S": "vit_small_patch16_224", "B": "vit_base_patch16_224"}
 
 
 class TimmPeer:
@@ -54,14 +53,14 @@ class TimmPeer:
             raise RuntimeError(f"timm peer, {request['op']}: {reply['error']}")
         return reply
 
-    def build(self, name, size, image_size, patch_size, num_classes, batch, train, compiled):
+    def build(self, name, size, image_size, patch_size, num_classes, batch, compiled):
         """Builds (and for `compiled`, compiles) a model in the child; returns its parameter count.
 
-        `train`: a call is one AdamW step on a fixed batch; otherwise one forward pass in
-        inference mode. Inputs: the benchmark's images, uniform in [-1, 1], seed 0.
+        A call is one AdamW step (lr 1e-3, cross-entropy) on the batch of
+        `peers.training_step`: images uniform in [-1, 1] with seed 0, labels with seed 1.
         """
         return self._ask(op="build", name=name, model=TIMM_NAMES[size], image_size=image_size, patch_size=patch_size,
-                         num_classes=num_classes, batch=batch, train=train, compiled=compiled)["parameters"]
+                         num_classes=num_classes, batch=batch, compiled=compiled)["parameters"]
 
     def caller(self, name):
         """A no-argument function that runs one call of model `name` in the child."""
@@ -96,31 +95,25 @@ def serve():
 
     models = {}
 
-    def build(model, image_size, patch_size, num_classes, batch, train, compiled, name):
+    def build(model, image_size, patch_size, num_classes, batch, compiled, name):
         network = timm.create_model(model, img_size=image_size, patch_size=patch_size, num_classes=num_classes)
-        network.train(train)
+        network.train()
         images = np.random.RandomState(0).uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32")
-        images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+        images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())  # NHWC -> NCHW
+        labels = torch.from_numpy(np.random.RandomState(1).randint(0, num_classes, batch)).long()
         forward = torch.compile(network) if compiled else network
-        if train:
-            labels = torch.from_numpy(np.random.RandomState(1).randint(0, num_classes, batch)).long()
-            optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
 
-            def call():
-                optimizer.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.cross_entropy(forward(images), labels)
-                loss.backward()
-                optimizer.step()
-                return loss.item()
-        else:
-
-            def call():
-                with torch.inference_mode():
-                    return forward(images).numpy()
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(forward(images), labels)
+            loss.backward()
+            optimizer.step()
+            return loss.item()
 
         for _ in range(2):  # compiles, when compiled
-            call()
-        models[name] = call
+            step()
+        models[name] = step
         return {"parameters": sum(p.numel() for p in network.parameters())}
 
     def versions():
