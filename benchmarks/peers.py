@@ -57,15 +57,24 @@ def training_step(peer, jit_compile=False, optimizer_name="adamw"):
     return model, images, labels
 
 
-def forward_flops(size, image_size, patch_size, num_classes=1000):
-    """Multiply-adds x 2 of one image's forward pass (matmuls and the patch projection)."""
+def forward_flops(size, image_size, patch_size, num_classes=1000, peer="keras-hub"):
+    """Multiply-adds x 2 of one image's forward pass (matmuls and the patch projection), as
+    `peer` computes it: keras_vit's last block computes the class token's output alone (its
+    queries, attention output and MLP on 1 token, keys and values on all); the others, and
+    the usual ViT FLOP counts, compute it for every token."""
     s = MODEL_SIZES[size]
     d, m, layers = s["hidden_dim"], s["mlp_dim"], s["num_layers"]
     patches = (image_size // patch_size) ** 2
     tokens = patches + 1
+
+    def block(queries):
+        key_value = 2 * tokens * d * 2 * d
+        query_attention_output = 2 * queries * d * d + 2 * 2 * queries * tokens * d + 2 * queries * d * d
+        return key_value + query_attention_output + 2 * 2 * queries * d * m
+
+    last_block = block(1 if peer == "keras_vit" else tokens)
     patch_embedding = 2 * patches * patch_size * patch_size * 3 * d
-    block = 2 * tokens * d * 3 * d + 2 * 2 * tokens * tokens * d + 2 * tokens * d * d + 2 * 2 * tokens * d * m
-    return patch_embedding + layers * block + 2 * d * num_classes
+    return patch_embedding + (layers - 1) * block(tokens) + last_block + 2 * d * num_classes
 
 
 def count_check():

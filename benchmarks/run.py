@@ -7,8 +7,8 @@ Peers are timed interleaved (round-robin, several rounds) so that machine noise 
 them alike; every figure is a median with its interquartile range, and each is given as a
 ratio to keras-hub measured in the same run. timm (PyTorch), the issue's reference for
 training speed, joins the float32 training step where torch and timm are installed
-(`timm_peer.py`, its own process; not in the inference table, whose ViT-B/16 exports take
-most of a 24 GiB machine's memory: a timm process beside them ran it out of memory).
+(`timm_peer.py`, its own process, alive for the training table only). keras_vit's exports
+are converted once per model size, in a child process (tf2onnx's memory, see `write_exports`).
 The float32 training step of each Keras peer is also profiled op by op (`profile_step.py`).
 Prints the tables and writes the "performance" section of docs/benchmarks.md.
 """
@@ -92,6 +92,15 @@ def matmul_gflops(rounds, n):
     return 2 * n**3 / (stats["median_ms"] / 1000.0) / 1e9
 
 
+def peer_of(path):
+    """The peer whose model a timed path runs: keras_vit's exports are keras_vit's model."""
+    return path.split()[0] if path.startswith(("keras-hub", "timm")) else "keras_vit"
+
+
+def gflops(flops, stats):
+    return f"{flops / (stats['median_ms'] / 1000) / 1e9:.0f}"
+
+
 def keras_inference_paths(name, model, images):
     """The ways a Keras user runs a model: predict_on_batch, tf.function, tf.function + XLA."""
     plain = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
@@ -103,11 +112,32 @@ def keras_inference_paths(name, model, images):
     }
 
 
-def export_paths(model, images, workdir):
-    """keras_vit's own exports of `model`: ONNX Runtime (plain and fused) and LiteRT (XNNPACK)."""
-    from keras_vit.export import bench_runners
+def _write_artifacts(model_path, workdir):
+    from keras_vit.export import bench
 
-    return bench_runners(model, images, workdir)
+    bench.write_artifacts(keras.saving.load_model(model_path), workdir)
+
+
+def write_exports(model, workdir):
+    """keras_vit's exports of `model` (ONNX plain and fused, LiteRT) into `workdir`, converted
+    in a child process: tf2onnx needs about 13 GB for ViT-B/16 and keeps most of it, which
+    this process, holding every peer's models, cannot spare on a 24 GiB machine."""
+    import concurrent.futures
+    import multiprocessing
+
+    model_path = os.path.join(workdir, "model.keras")
+    model.save(model_path)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as child:
+        child.submit(_write_artifacts, model_path, workdir).result()
+
+
+def export_paths(workdir, model, images):
+    """The exports in `workdir` as timed paths: ONNX Runtime (plain and fused) and LiteRT
+    (XNNPACK), each checked once against `model`'s logits."""
+    from keras_vit.export import bench
+
+    return bench.load_runners(workdir, images, np.asarray(model(images, training=False)))
 
 
 def timm_paths(timm, compiled, parameters, **model):
@@ -128,20 +158,19 @@ def inference_table(sizes, batches, rounds, with_exports):
     rows = []
     for size in sizes:
         models = {name: build(size, 224, 16) for name, build in peers.PEERS.items()}
-        flops = peers.forward_flops(size, 224, 16)
+        workdir = tempfile.TemporaryDirectory()
+        if with_exports:
+            log(f"ViT-{size}/16: exporting keras_vit's model (child process)")
+            write_exports(models["keras_vit"], workdir.name)
         for batch in batches:
             images = np.random.RandomState(0).uniform(-1, 1, (batch, 224, 224, 3)).astype("float32")
             functions = {}
             for name, model in models.items():
                 functions.update(keras_inference_paths(name, model, images))
             if with_exports:
-                with tempfile.TemporaryDirectory() as workdir:
-                    functions.update(export_paths(models["keras_vit"], images, workdir))
-                    log(f"ViT-{size}/16 batch {batch}: timing {len(functions)} paths")
-                    results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
-            else:
-                log(f"ViT-{size}/16 batch {batch}: timing {len(functions)} paths")
-                results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
+                functions.update(export_paths(workdir.name, models["keras_vit"], images))
+            log(f"ViT-{size}/16 batch {batch}: timing {len(functions)} paths")
+            results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
             reference = min((results[f"keras-hub {path}"] for path in ("predict_on_batch", "tf.function+XLA")),
                             key=lambda stats: stats["median_ms"])
             for path, stats in results.items():
@@ -153,10 +182,11 @@ def inference_table(sizes, batches, rounds, with_exports):
                         "median ms": f"{stats['median_ms']:.1f}",
                         "IQR ms": f"{stats['iqr_ms'][0]:.1f}-{stats['iqr_ms'][1]:.1f}",
                         **ratio_cells("vs best keras-hub", stats, reference),
-                        "GFLOP/s": f"{flops * batch / (stats['median_ms'] / 1000) / 1e9:.0f}",
+                        "GFLOP/s": gflops(peers.forward_flops(size, 224, 16, peer=peer_of(path)) * batch, stats),
                     }
                 )
-        del models
+        del models, functions
+        workdir.cleanup()
         keras.backend.clear_session()
     return rows
 
@@ -181,7 +211,6 @@ def training_table(variants, rounds, timm=None, timm_compiled=True):
     """
     rows = []
     step = peers.TRAINING_STEP
-    flops = 3 * peers.forward_flops(step["size"], step["image_size"], step["patch_size"], step["num_classes"]) * step["batch"]
     for policy, jit in variants:
         keras.mixed_precision.set_global_policy(policy)
         steps = {name: peers.training_step(name, jit_compile=jit) for name in peers.PEERS}
@@ -203,7 +232,9 @@ def training_table(variants, rounds, timm=None, timm_compiled=True):
                     "median ms": f"{stats['median_ms']:.0f}",
                     "IQR ms": f"{stats['iqr_ms'][0]:.0f}-{stats['iqr_ms'][1]:.0f}",
                     **ratio_cells("vs keras-hub", stats, results["keras-hub"]),
-                    "GFLOP/s": f"{flops / (stats['median_ms'] / 1000) / 1e9:.0f}",
+                    # Forward + backward: about 3x the forward pass.
+                    "GFLOP/s": gflops(3 * step["batch"] * peers.forward_flops(
+                        step["size"], step["image_size"], step["patch_size"], step["num_classes"], peer=peer_of(name)), stats),
                 }
             )
         keras.backend.clear_session()

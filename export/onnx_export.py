@@ -18,6 +18,9 @@ Model interface (plain and optimised alike): input `images` float32 [batch, H, W
 (normalised), output logits float32 [batch, C].
 """
 
+import contextlib
+import os
+
 import numpy as np
 
 OPSET = 17
@@ -37,6 +40,28 @@ def _erfc_handler(ctx, node, name, args):
     ctx.replace_inputs(node, [one.output[0], erf.output[0]])
 
 
+@contextlib.contextmanager
+def _optimizers_in_place():
+    """tf2onnx's graph optimizers working on the graph itself, not on copies.
+
+    By default tf2onnx deep-copies the whole graph, weights included, before each optimizer
+    (to fall back to the copy if the optimizer fails), and the dropped copies are reference
+    cycles that Python frees only in a rare full collection: converting ViT-B/16 peaked at
+    19 GB of memory. Its environment switch `TF2ONNX_CATCH_ERRORS` turns the copies off (in
+    tf2onnx 1.17 any value does: it compares the variable's name, not its value, to "TRUE").
+    A failing optimizer then fails the conversion instead of being skipped.
+    """
+    previous = os.environ.get("TF2ONNX_CATCH_ERRORS")
+    os.environ["TF2ONNX_CATCH_ERRORS"] = "FALSE"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TF2ONNX_CATCH_ERRORS"]
+        else:
+            os.environ["TF2ONNX_CATCH_ERRORS"] = previous
+
+
 def convert(model, opset=OPSET):
     """Keras model -> `onnx.ModelProto` with a dynamic batch axis, checked by `onnx.checker`."""
     import onnx
@@ -45,12 +70,13 @@ def convert(model, opset=OPSET):
 
     spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="images")
     function = tf.function(lambda images: model(images, training=False))
-    proto, _ = tf2onnx.convert.from_function(
-        function,
-        input_signature=[spec],
-        opset=opset,
-        custom_op_handlers={"Erfc": (_erfc_handler, [])},
-    )
+    with _optimizers_in_place():
+        proto, _ = tf2onnx.convert.from_function(
+            function,
+            input_signature=[spec],
+            opset=opset,
+            custom_op_handlers={"Erfc": (_erfc_handler, [])},
+        )
     batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
     batch.dim_param = "batch"  # a readable name for the dynamic axis
     proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"

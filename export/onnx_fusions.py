@@ -33,6 +33,9 @@ H heads of size hd = D / H, W [D, 3D] and b [3D] the fused qkv Dense):
     context = Reshape(Transpose(MatMul(probs, v), [0, 2, 1, 3]), [-1, D])
   -> Reshape(com.microsoft Attention(x, W, b, num_heads=H, scale=scale), [-1, D])
      (Attention writes the context as [B, T, D]; the layer flattens it for its output Dense)
+   The last block of a class-token model attends from the class token alone (its q comes
+   from a separate slice of W): not this pattern, so left as it is; one query, a small part
+   of the work.
 
 How: every node is tried as the last node of each pattern; on a match, one new node (or a
 short chain of them) writing the same output tensor takes its place, and the rest of the

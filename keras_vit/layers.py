@@ -220,18 +220,21 @@ class DropPath(keras.layers.Layer):
 class MultiHeadSelfAttention(keras.layers.Layer):
     """Multi-head self-attention with one fused q/k/v projection.
 
-    Input: [B, T, D]. Output: [B, T, D]. Weights: `qkv` Dense D -> 3D (q, k, v blocks in
-    that order, each heads-major), `output` Dense D -> D.
+    Input: [B, T, D]. Output: [B, T, D], or [B, K, D] with `output_tokens=K`: the attention
+    output of the first K tokens only (queries from those tokens, keys and values from all).
+    Weights: `qkv` Dense D -> 3D (q, k, v blocks in that order, each heads-major),
+    `output` Dense D -> D.
 
     Both Dense layers see the tokens as one [B * T, D] matrix (a free reshape): a 2-D
     matmul that TensorFlow fuses with the bias add, where a 3-D input would go through
     `tensordot` and leave dynamic-shape ops in every exported graph.
     """
 
-    def __init__(self, num_heads, attention_dropout_rate=0.0, **kwargs):
+    def __init__(self, num_heads, attention_dropout_rate=0.0, output_tokens=None, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.attention_dropout_rate = attention_dropout_rate
+        self.output_tokens = output_tokens
         self.attention_dropout = keras.layers.Dropout(attention_dropout_rate, dtype=self.dtype_policy)
 
     def build(self, input_shape):
@@ -246,10 +249,16 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def call(self, x, training=None):
         length, dim = x.shape[1], x.shape[2]
-        qkv = ops.reshape(self.qkv(ops.reshape(x, (-1, dim))), (-1, length, 3, self.num_heads, self.head_dim))
-        # One transpose to [3, B, heads, T, head_dim]; then both attention products are plain
-        # batched matmuls with no further transposes (the einsums below need none).
-        query, key, value = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
+        queries = length if self.output_tokens is None else self.output_tokens
+        if queries == length or self.qkv.quantization_mode is not None:
+            qkv = ops.reshape(self.qkv(ops.reshape(x, (-1, dim))), (-1, length, 3, self.num_heads, self.head_dim))
+            # One transpose to [3, B, heads, T, head_dim]; then both attention products are plain
+            # batched matmuls with no further transposes (the einsums below need none).
+            query, key, value = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
+            if queries != length:
+                query = query[:, :, :queries]
+        else:
+            query, key, value = self._project_first_queries(x, queries)
         query = query * ops.cast(1.0 / math.sqrt(self.head_dim), query.dtype)
         scores = ops.einsum("bhqd,bhkd->bhqk", query, key)
         # Softmax in float32: under mixed_float16 the scores can overflow.
@@ -257,16 +266,33 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         probs = self.attention_dropout(probs, training=training)
         context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
         context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (-1, dim))
-        return ops.reshape(self.output_projection(context), (-1, length, dim))
+        return ops.reshape(self.output_projection(context), (-1, queries, dim))
+
+    def _project_first_queries(self, x, queries):
+        """q [B, heads, K, head_dim] of the first K tokens; k, v [B, heads, T, head_dim] of all.
+
+        The `qkv` Dense's weights in two column slices: [D, D] for q on K tokens, [D, 2D]
+        for k and v on all of them.
+        """
+        length, dim = x.shape[1], x.shape[2]
+        kernel, bias = ops.cast(self.qkv.kernel, x.dtype), ops.cast(self.qkv.bias, x.dtype)
+        query = ops.matmul(ops.reshape(x[:, :queries], (-1, dim)), kernel[:, :dim]) + bias[:dim]
+        query = ops.transpose(ops.reshape(query, (-1, queries, self.num_heads, self.head_dim)), (0, 2, 1, 3))
+        key_value = ops.matmul(ops.reshape(x, (-1, dim)), kernel[:, dim:]) + bias[dim:]
+        key_value = ops.reshape(key_value, (-1, length, 2, self.num_heads, self.head_dim))
+        key, value = ops.unstack(ops.transpose(key_value, (2, 0, 3, 1, 4)), 2, axis=0)
+        return query, key, value
 
     def compute_output_shape(self, input_shape):
-        return input_shape
+        queries = input_shape[1] if self.output_tokens is None else self.output_tokens
+        return (input_shape[0], queries, input_shape[2])
 
     def get_config(self):
         return {
             **super().get_config(),
             "num_heads": self.num_heads,
             "attention_dropout_rate": self.attention_dropout_rate,
+            "output_tokens": self.output_tokens,
         }
 
 
@@ -277,6 +303,10 @@ class TransformerBlock(keras.layers.Layer):
     The MLP is Dense(mlp_dim), GELU, dropout, Dense(D), dropout, on the tokens as one
     [B * T, D] matrix (see `MultiHeadSelfAttention`). Each residual branch goes through
     stochastic depth (`drop_path_rate`). Input and output: [B, T, D].
+
+    With `output_tokens=K` only the first K tokens go on past the attention (their queries
+    attend to every token): output [B, K, D]. The model's last block does this when only
+    the class token is read; it skips the rest of that block's work, the same numbers.
     """
 
     def __init__(
@@ -288,6 +318,7 @@ class TransformerBlock(keras.layers.Layer):
         drop_path_rate=0.0,
         gelu_approximate=False,
         layer_norm_epsilon=1e-6,
+        output_tokens=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -298,9 +329,12 @@ class TransformerBlock(keras.layers.Layer):
         self.drop_path_rate = drop_path_rate
         self.gelu_approximate = gelu_approximate
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.output_tokens = output_tokens
         policy = self.dtype_policy
         self.attention_norm = LayerNorm(epsilon=layer_norm_epsilon, dtype=policy, name="attention_norm")
-        self.attention = MultiHeadSelfAttention(num_heads, attention_dropout_rate, dtype=policy, name="attention")
+        self.attention = MultiHeadSelfAttention(
+            num_heads, attention_dropout_rate, output_tokens, dtype=policy, name="attention"
+        )
         self.mlp_norm = LayerNorm(epsilon=layer_norm_epsilon, dtype=policy, name="mlp_norm")
         self.dropout = keras.layers.Dropout(dropout_rate, dtype=policy)
         self.drop_path = DropPath(drop_path_rate, dtype=policy)
@@ -321,8 +355,10 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_dense_2.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
 
     def call(self, x, training=None):
-        length, dim = x.shape[1], x.shape[2]
         branch = self.attention(self.attention_norm(x, training=training), training=training)
+        if self.output_tokens is not None:
+            x = x[:, : self.output_tokens]
+        length, dim = x.shape[1], x.shape[2]
         x = x + self.drop_path(self.dropout(branch, training=training), training=training)
         branch = self.mlp_dense_1(ops.reshape(self.mlp_norm(x, training=training), (-1, dim)))
         branch = self.mlp_dense_2(self.dropout(gelu(branch, self.gelu_approximate, training), training=training))
@@ -330,7 +366,7 @@ class TransformerBlock(keras.layers.Layer):
         return x + self.drop_path(self.dropout(branch, training=training), training=training)
 
     def compute_output_shape(self, input_shape):
-        return input_shape
+        return self.attention.compute_output_shape(input_shape)
 
     def get_config(self):
         return {
@@ -342,6 +378,7 @@ class TransformerBlock(keras.layers.Layer):
             "drop_path_rate": self.drop_path_rate,
             "gelu_approximate": self.gelu_approximate,
             "layer_norm_epsilon": self.layer_norm_epsilon,
+            "output_tokens": self.output_tokens,
         }
 
 

@@ -55,3 +55,14 @@ def test_timm_peer_without_torch_is_left_out_with_the_reason_and_a_dead_child_ra
     assert peer is None and ("torch" in why_not or "timm" in why_not), why_not
     with pytest.raises(RuntimeError, match="the timm process exited"):
         timm_peer.TimmPeer(sys.executable)
+
+
+def test_forward_flops_match_the_published_count_and_keras_vit_skips_the_last_blocks_other_tokens():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import peers
+
+    full = peers.forward_flops("B", 224, 16)
+    assert abs(full / 1e9 - 35.1) < 0.05  # ViT-B/16's published 35.1 GFLOPs per image (multiply-adds x 2)
+    tokens, d, m = 197, 768, 3072
+    per_skipped_token = 2 * (d * d + 2 * tokens * d + d * d + 2 * d * m)  # q, attention, output, MLP
+    assert full - peers.forward_flops("B", 224, 16, peer="keras_vit") == (tokens - 1) * per_skipped_token

@@ -138,6 +138,31 @@ def test_transformer_block_is_prenorm_attention_then_gelu_mlp(approximate):
     np.testing.assert_allclose(block(x), expected, atol=1e-4)
 
 
+def test_block_with_output_tokens_is_the_full_block_on_those_tokens_values_and_gradients():
+    """The last block's shortcut (queries from the first K tokens only) computes, in training
+    too, exactly what the full block computes for those tokens, with the same gradients for
+    the input and every weight."""
+    import tensorflow as tf
+
+    x = tf.constant(RNG.normal(size=(3, 7, 8)).astype("float32"))
+    full = layers.TransformerBlock(num_heads=2, mlp_dim=24)
+    first = layers.TransformerBlock(num_heads=2, mlp_dim=24, output_tokens=2)
+    for block in (full, first):
+        block.build(x.shape)
+        randomise(block)
+    assert first.compute_output_shape(x.shape) == (3, 2, 8)
+    results = []
+    for block, keep in ((full, slice(0, 2)), (first, slice(None))):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = block(x, training=True)[:, keep]
+            loss = tf.reduce_sum(out * tf.cos(out))
+        results.append([out, *tape.gradient(loss, [x, *block.trainable_weights])])
+    assert results[1][0].shape == (3, 2, 8)
+    for expected, actual in zip(*results):
+        np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
 def test_drop_path_drops_whole_samples_in_training_and_is_identity_at_inference():
     layer = layers.DropPath(0.5, seed=1)
     x = np.ones((256, 3, 4), "float32")
@@ -163,8 +188,8 @@ def test_token_pooling_takes_class_token_or_averages_patch_tokens_only():
         layers.ClassToken(name="c"),
         layers.PositionEmbedding((2, 3), 0, name="e"),
         layers.DropPath(0.1, seed=3),
-        layers.MultiHeadSelfAttention(4, 0.1),
-        layers.TransformerBlock(4, 32, 0.1, 0.2, 0.3, True, 1e-12),
+        layers.MultiHeadSelfAttention(4, 0.1, output_tokens=1),
+        layers.TransformerBlock(4, 32, 0.1, 0.2, 0.3, True, 1e-12, output_tokens=1),
         layers.TokenPooling("gap", 0),
         layers.LayerNorm(epsilon=1e-12),
     ],

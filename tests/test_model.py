@@ -112,6 +112,50 @@ def test_tiny_vit_overfits_a_fixed_batch_to_full_training_accuracy():
     assert model.evaluate(images, labels, verbose=0)[1] == 1.0
 
 
+def test_token_pooling_model_gives_the_logits_and_gradients_of_the_whole_token_sequence():
+    """With class-token pooling the last block computes the class token alone. Reference: the
+    same weights in a model that outputs every token (`pooling=None`), its class token put
+    through the head by hand. Logits and every weight's gradient agree."""
+    import tensorflow as tf
+
+    model = tiny()
+    for w in model.weights:
+        w.assign(np.random.RandomState(4).normal(0, 0.2, w.shape).astype("float32"))
+    tokens_model = tiny(include_top=False, pooling=None)
+    weights = {w.path: w for w in model.weights}
+    for w in tokens_model.weights:
+        w.assign(weights[w.path])
+    assert model.get_layer("encoder_block_1").output.shape == (None, 1, 32)
+    assert tokens_model.get_layer("encoder_block_1").output.shape == (None, 65, 32)
+    head = model.get_layer("head")
+    labels = tf.constant(np.arange(4) % 10)
+
+    def loss_of(logits):
+        return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+    with tf.GradientTape(persistent=True) as tape:
+        logits = model(IMAGES, training=True)
+        reference = tokens_model(IMAGES, training=True)[:, 0] @ head.kernel + head.bias
+        loss, reference_loss = loss_of(logits), loss_of(reference)
+    np.testing.assert_allclose(logits, reference, atol=1e-5)
+    reference_weights = {w.path: w for w in tokens_model.trainable_weights}
+    for w in model.trainable_weights:
+        expected = tape.gradient(reference_loss, reference_weights.get(w.path, w))  # the head: shared
+        np.testing.assert_allclose(tape.gradient(loss, w), expected, atol=1e-5, err_msg=w.path)
+
+
+def test_int8_quantized_model_keeps_its_outputs():
+    """`Model.quantize("int8")` (Keras' weight-only int8): the class-token last block then
+    projects through the quantized `qkv` layer, not its raw int8 kernel."""
+    model = tiny()
+    for w in model.weights:
+        w.assign(np.random.RandomState(4).normal(0, 0.2, w.shape).astype("float32"))
+    expected = model.predict(IMAGES, verbose=0)
+    model.quantize("int8")
+    assert model.get_layer("encoder_block_1").attention.qkv.quantization_mode == "int8"
+    np.testing.assert_allclose(model.predict(IMAGES, verbose=0), expected, atol=0.05)
+
+
 def test_saved_model_reloads_in_safe_mode_with_identical_outputs(tmp_path):
     model = tiny(representation_size=16, pooling="gap", class_token=True, gelu_approximate=True, drop_path_rate=0.1)
     for w in model.weights:
