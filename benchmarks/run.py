@@ -279,7 +279,8 @@ def main(argv=None):
             "process; median and interquartile range over all calls. Ratios are to keras-hub's best path "
             "(its `predict_on_batch` or `tf.function`+XLA, whichever has the lower median) in the same run, taken "
             "round by round (each round times every path within seconds) and given as the median and IQR of the "
-            "per-round ratios." + (" timm (training step only) runs in a process of its own, driven call by call "
+            "per-round ratios. GFLOP/s counts each path's own work (`peers.forward_flops`): keras_vit's last "
+            "block computes the class token alone, 6.9% less than keras-hub and timm compute." + (" timm (training step only) runs in a process of its own, driven call by call "
                                    "from this one (`benchmarks/timm_peer.py`), interleaved like the other paths." if with_timm else ""),
             report.facts_markdown({**facts, f"fp32 matmul ({matmul_size}^3), GFLOP/s": f"{limit:.0f}"}),
             "### Inference, 224x224, float32",
