@@ -157,37 +157,43 @@ def timm_paths(timm, compiled, parameters, **model):
 def inference_table(sizes, batches, rounds, with_exports):
     rows = []
     for size in sizes:
-        models = {name: build(size, 224, 16) for name, build in peers.PEERS.items()}
-        workdir = tempfile.TemporaryDirectory()
-        if with_exports:
-            log(f"ViT-{size}/16: exporting keras_vit's model (child process)")
-            write_exports(models["keras_vit"], workdir.name)
-        for batch in batches:
-            images = np.random.RandomState(0).uniform(-1, 1, (batch, 224, 224, 3)).astype("float32")
-            functions = {}
-            for name, model in models.items():
-                functions.update(keras_inference_paths(name, model, images))
-            if with_exports:
-                functions.update(export_paths(workdir.name, models["keras_vit"], images))
-            log(f"ViT-{size}/16 batch {batch}: timing {len(functions)} paths")
-            results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
-            reference = min((results[f"keras-hub {path}"] for path in ("predict_on_batch", "tf.function+XLA")),
-                            key=lambda stats: stats["median_ms"])
-            for path, stats in results.items():
-                rows.append(
-                    {
-                        "model": f"ViT-{size}/16",
-                        "batch": batch,
-                        "path": path,
-                        "median ms": f"{stats['median_ms']:.1f}",
-                        "IQR ms": f"{stats['iqr_ms'][0]:.1f}-{stats['iqr_ms'][1]:.1f}",
-                        **ratio_cells("vs best keras-hub", stats, reference),
-                        "GFLOP/s": gflops(peers.forward_flops(size, 224, 16, peer=peer_of(path)) * batch, stats),
-                    }
-                )
-        del models, functions
-        workdir.cleanup()
+        with tempfile.TemporaryDirectory() as workdir:
+            rows += inference_rows(size, batches, rounds, export_dir=workdir if with_exports else None)
         keras.backend.clear_session()
+    return rows
+
+
+def inference_rows(size, batches, rounds, export_dir):
+    """Table rows of ViT-`size`/16 at each batch; `export_dir`: where keras_vit's exports are
+    written and run from, or None to leave them out."""
+    models = {name: build(size, 224, 16) for name, build in peers.PEERS.items()}
+    if export_dir:
+        log(f"ViT-{size}/16: exporting keras_vit's model (child process)")
+        write_exports(models["keras_vit"], export_dir)
+    rows = []
+    for batch in batches:
+        images = np.random.RandomState(0).uniform(-1, 1, (batch, 224, 224, 3)).astype("float32")
+        functions = {}
+        for name, model in models.items():
+            functions.update(keras_inference_paths(name, model, images))
+        if export_dir:
+            functions.update(export_paths(export_dir, models["keras_vit"], images))
+        log(f"ViT-{size}/16 batch {batch}: timing {len(functions)} paths")
+        results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
+        reference = min((results[f"keras-hub {path}"] for path in ("predict_on_batch", "tf.function+XLA")),
+                        key=lambda stats: stats["median_ms"])
+        for path, stats in results.items():
+            rows.append(
+                {
+                    "model": f"ViT-{size}/16",
+                    "batch": batch,
+                    "path": path,
+                    "median ms": f"{stats['median_ms']:.1f}",
+                    "IQR ms": f"{stats['iqr_ms'][0]:.1f}-{stats['iqr_ms'][1]:.1f}",
+                    **ratio_cells("vs best keras-hub", stats, reference),
+                    "GFLOP/s": gflops(peers.forward_flops(size, 224, 16, peer=peer_of(path)) * batch, stats),
+                }
+            )
     return rows
 
 

@@ -30,6 +30,12 @@ def tiny(**overrides):
     return keras_vit.VisionTransformer(**{**TINY, **overrides})
 
 
+def randomise(model, seed, scale=0.2):
+    """Every weight drawn from N(0, scale): non-zero heads, biases and class tokens."""
+    for w in model.weights:
+        w.assign(np.random.RandomState(seed).normal(0, scale, w.shape).astype("float32"))
+
+
 @pytest.mark.parametrize("variant", sorted(PUBLISHED_PARAMETERS))
 def test_variant_parameter_count_equals_the_published_one(variant):
     model = getattr(keras_vit, variant)()
@@ -81,8 +87,7 @@ def test_applications_signature_accepts_input_shape_and_classifier_activation():
 
 def test_inference_is_deterministic_and_dropout_and_drop_path_only_act_in_training():
     model = tiny(dropout_rate=0.3, attention_dropout_rate=0.3, drop_path_rate=0.3)
-    for w in model.weights:  # the zero-initialised head would hide any difference
-        w.assign(np.random.RandomState(1).normal(0, 0.2, w.shape).astype("float32"))
+    randomise(model, seed=1)  # the zero-initialised head would hide any difference
     first, second = (keras.ops.convert_to_numpy(model(IMAGES, training=False)) for _ in range(2))
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(model.predict(IMAGES, verbose=0), model.predict(IMAGES, verbose=0))
@@ -119,8 +124,7 @@ def test_token_pooling_model_gives_the_logits_and_gradients_of_the_whole_token_s
     import tensorflow as tf
 
     model = tiny()
-    for w in model.weights:
-        w.assign(np.random.RandomState(4).normal(0, 0.2, w.shape).astype("float32"))
+    randomise(model, seed=4)
     tokens_model = tiny(include_top=False, pooling=None)
     weights = {w.path: w for w in model.weights}
     for w in tokens_model.weights:
@@ -148,8 +152,7 @@ def test_int8_quantized_model_keeps_its_outputs():
     """`Model.quantize("int8")` (Keras' weight-only int8): the class-token last block then
     projects through the quantized `qkv` layer, not its raw int8 kernel."""
     model = tiny()
-    for w in model.weights:
-        w.assign(np.random.RandomState(4).normal(0, 0.2, w.shape).astype("float32"))
+    randomise(model, seed=4)
     expected = model.predict(IMAGES, verbose=0)
     model.quantize("int8")
     assert model.get_layer("encoder_block_1").attention.qkv.quantization_mode == "int8"
@@ -158,8 +161,7 @@ def test_int8_quantized_model_keeps_its_outputs():
 
 def test_saved_model_reloads_in_safe_mode_with_identical_outputs(tmp_path):
     model = tiny(representation_size=16, pooling="gap", class_token=True, gelu_approximate=True, drop_path_rate=0.1)
-    for w in model.weights:
-        w.assign(np.random.RandomState(2).normal(0, 0.2, w.shape).astype("float32"))
+    randomise(model, seed=2)
     path = tmp_path / "vit.keras"
     model.save(path)
     reloaded = keras.saving.load_model(path, safe_mode=True)
@@ -171,8 +173,7 @@ def test_saved_model_reloads_in_safe_mode_with_identical_outputs(tmp_path):
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_builds_trains_and_predicts_with_float32_logits(policy):
     reference = tiny()
-    for w in reference.weights:
-        w.assign(np.random.RandomState(3).normal(0, 0.1, w.shape).astype("float32"))
+    randomise(reference, seed=3, scale=0.1)
     expected = reference.predict(IMAGES, verbose=0)
 
     keras.mixed_precision.set_global_policy(policy)
