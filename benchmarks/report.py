@@ -47,6 +47,19 @@ def machine_facts():
     }
 
 
+def package_versions(names):
+    """{name: version} of the installed distributions among `names` (the others left out)."""
+    import importlib.metadata
+
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
 def facts_markdown(facts):
     return "\n".join(f"- {key}: {value}" for key, value in facts.items())
 

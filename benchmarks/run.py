@@ -34,6 +34,10 @@ import report  # noqa: E402
 import timm_peer  # noqa: E402
 
 
+# The versions that decide the figures besides TensorFlow's and Keras'.
+PEER_PACKAGES = ("keras-hub", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
+
+
 def log(message):
     print(f"[bench] {message}", flush=True)
 
@@ -63,13 +67,19 @@ def ratio_cells(column, stats, reference):
     return {column: f"{median:.2f}", "ratio IQR": f"{q25:.2f}-{q75:.2f}"}
 
 
-def time_interleaved(functions, rounds, calls_per_round, warmup=2):
-    """{name: fn} -> {name: summary}; each fn must block until its result exists."""
+def time_interleaved(functions, rounds, calls_per_round, warmup=2, min_seconds=0.0):
+    """{name: fn} -> {name: summary}; each fn must block until its result exists.
+
+    At least `rounds` rounds, and more until `min_seconds` have passed: fast paths get more
+    rounds, so that a slow spell of the host is a smaller part of their samples.
+    """
     for fn in functions.values():
         for _ in range(warmup):
             fn()
     samples = {name: [] for name in functions}
-    for _ in range(rounds):
+    started, rounds_done = time.perf_counter(), 0
+    while rounds_done < rounds or time.perf_counter() - started < min_seconds:
+        rounds_done += 1
         for name, fn in functions.items():
             samples[name].append([])
             # One untimed call first: right after a TensorFlow call, TensorFlow's thread pool
@@ -154,23 +164,31 @@ def timm_paths(timm, compiled, parameters, **model):
     return {path: timm.caller(path) for path in modes}
 
 
-def inference_table(sizes, batches, rounds, with_exports):
-    rows = []
+def inference_table(sizes, batches, rounds, with_exports, min_seconds=0.0):
+    """-> (the inference table's rows, the ONNX fusion table's rows; empty without exports)."""
+    rows, fusion_rows = [], []
     for size in sizes:
         with tempfile.TemporaryDirectory() as workdir:
-            rows += inference_rows(size, batches, rounds, export_dir=workdir if with_exports else None)
+            size_rows, size_fusion_rows = inference_rows(
+                size, batches, rounds, export_dir=workdir if with_exports else None, min_seconds=min_seconds
+            )
+        rows += size_rows
+        fusion_rows += size_fusion_rows
         keras.backend.clear_session()
-    return rows
+    return rows, fusion_rows
 
 
-def inference_rows(size, batches, rounds, export_dir):
-    """Table rows of ViT-`size`/16 at each batch; `export_dir`: where keras_vit's exports are
-    written and run from, or None to leave them out."""
+def inference_rows(size, batches, rounds, export_dir, min_seconds=0.0):
+    """Table rows of ViT-`size`/16 at each batch, and the fused ONNX graph's time against the
+    plain one's at each batch; `export_dir`: where keras_vit's exports are written and run
+    from, or None to leave them out; `min_seconds`: the least timing per batch."""
+    from keras_vit.export import bench
+
     models = {name: build(size, 224, 16) for name, build in peers.PEERS.items()}
     if export_dir:
         log(f"ViT-{size}/16: exporting keras_vit's model (child process)")
         write_exports(models["keras_vit"], export_dir)
-    rows = []
+    rows, fusion_rows = [], []
     for batch in batches:
         images = np.random.RandomState(0).uniform(-1, 1, (batch, 224, 224, 3)).astype("float32")
         functions = {}
@@ -179,7 +197,7 @@ def inference_rows(size, batches, rounds, export_dir):
         if export_dir:
             functions.update(export_paths(export_dir, models["keras_vit"], images))
         log(f"ViT-{size}/16 batch {batch}: timing {len(functions)} paths")
-        results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
+        results = time_interleaved(functions, rounds=rounds, calls_per_round=3, min_seconds=min_seconds)
         reference = min((results[f"keras-hub {path}"] for path in ("predict_on_batch", "tf.function+XLA")),
                         key=lambda stats: stats["median_ms"])
         for path, stats in results.items():
@@ -194,7 +212,18 @@ def inference_rows(size, batches, rounds, export_dir):
                     "GFLOP/s": gflops(peers.forward_flops(size, 224, 16, peer=peer_of(path)) * batch, stats),
                 }
             )
-    return rows
+        if export_dir:
+            fused, plain = results[bench.ONNX_FUSED], results[bench.ONNX]
+            fusion_rows.append(
+                {
+                    "model": f"ViT-{size}/16",
+                    "batch": batch,
+                    "plain ms": f"{plain['median_ms']:.1f}",
+                    "fused ms": f"{fused['median_ms']:.1f}",
+                    **ratio_cells("fused / plain", fused, plain),
+                }
+            )
+    return rows, fusion_rows
 
 
 @contextlib.contextmanager
@@ -258,14 +287,16 @@ def main(argv=None):
     parser.add_argument("--no-timm", action="store_true", help="leave timm out even where it is installed")
     args = parser.parse_args(argv)
 
-    facts = report.machine_facts()
+    facts = {**report.machine_facts(), **report.package_versions(PEER_PACKAGES)}
     rounds = 3 if args.quick else 5
     matmul_size = 2048 if args.quick else 4096
     log(f"fp32 matmul throughput ({matmul_size}^3)")
     limit = matmul_gflops(rounds, matmul_size)
     log(f"matmul: {limit:.0f} GFLOP/s")
     sizes, batches = (["Ti"], [1]) if args.quick else (["Ti", "B"], [1, 8])
-    inference = inference_table(sizes, batches, rounds, with_exports=not args.no_exports)
+    inference, fusion = inference_table(
+        sizes, batches, rounds, with_exports=not args.no_exports, min_seconds=0 if args.quick else 60
+    )
     variants = [("float32", False)] if args.quick else [("float32", False), ("float32", True), ("mixed_bfloat16", False)]
     # timm's process lives for the training table only; torch.compile (a minute or more) in full runs only.
     with timm_process(None if args.no_timm else args.timm_python) as timm:
@@ -291,6 +322,17 @@ def main(argv=None):
             report.facts_markdown({**facts, f"fp32 matmul ({matmul_size}^3), GFLOP/s": f"{limit:.0f}"}),
             "### Inference, 224x224, float32",
             report.markdown_table(inference, inference_columns),
+            *(
+                [
+                    "### ONNX: the fused graph against the plain one",
+                    "keras_vit's ONNX export with LayerNormalization and onnxruntime's `Attention` and `Gelu` "
+                    "(`onnx_export.optimize`) against the graph as tf2onnx writes it, from the rows above; "
+                    "below 1: the fused graph is faster.",
+                    report.markdown_table(fusion, ["model", "batch", "plain ms", "fused ms", "fused / plain", "ratio IQR"]),
+                ]
+                if fusion
+                else []
+            ),
             "### Training step, ViT-Ti shape at 32x32, patch 4, batch 64, AdamW",
             report.markdown_table(training, training_columns),
             "### Training step op by op (float32, no XLA)",

@@ -10,11 +10,12 @@ skip-LayerNorm matchers that start from a LayerNorm, never match.
 Each fusion below replaces one subgraph, exactly as tf2onnx writes the keras_vit layer
 (operands of Add and Mul in either order), by one op that onnxruntime's CPU provider runs:
 
-LayerNormalization (Keras `LayerNormalization`; x [B, T, D], statistics over D):
+LayerNormalization (keras_vit's `LayerNorm`; x [B, T, D], statistics over D):
     mean = GlobalAveragePool(x)                  # on a rank-3 tensor: the mean over D
-    var  = GlobalAveragePool(Mul(d, d)), d = Sub(x, mean)
-    inv  = Mul(Reciprocal(Sqrt(Add(var, eps))), gamma)
-    y    = Add(Mul(x, inv), Add(Mul(Neg(mean), inv), beta))    # `Add(., beta)` absent when beta == 0
+    c    = Sub(x, mean)
+    var  = GlobalAveragePool(Mul(c, c))
+    y    = Add(Mul(c, Mul(Reciprocal(Sqrt(Add(var, eps))), gamma)), beta)
+           # `Mul(., gamma)` absent when gamma == 1, `Add(., beta)` when beta == 0
   -> LayerNormalization(x, gamma, beta, axis=-1, epsilon=eps)   (ONNX, opset 17)
 
 Gelu (keras_vit's exact GELU, `0.5 * x * (1 + erf(x / sqrt(2)))`; x [..., F]):
@@ -83,6 +84,10 @@ class _Graph:
         from onnx import numpy_helper
 
         self.producers = {output: node for node in proto.graph.node for output in node.output}
+        self.consumers = collections.defaultdict(list)
+        for node in proto.graph.node:
+            for name in node.input:
+                self.consumers[name].append(node)
         self.constants = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
         for node in proto.graph.node:
             if node.op_type == "Constant" and _attr(node, "value") is not None:
@@ -120,6 +125,13 @@ class _Graph:
         _need(self.const(a) is not None and self.const(b) is None)
         return b, self.const(a)
 
+    def read_by_constant_add(self, tensor):
+        """Whether an Add of `tensor` and a constant reads `tensor`."""
+        return any(
+            node.op_type == "Add" and any(self.const(name) is not None for name in node.input if name != tensor)
+            for node in self.consumers[tensor]
+        )
+
     def parents(self, node, first_type, second_type):
         """A binary node whose inputs come from a `first_type` and a `second_type` node (either
         order) -> (the first node, the second node)."""
@@ -151,59 +163,51 @@ def _new_node(op_type, inputs, anchor, domain="", **attributes):
 
 
 def _layer_norm(g, node):
-    _need(node.op_type == "Add")
-    for scaled_name, shift_name in (node.input, node.input[::-1]):
-        try:
-            return _layer_norm_from(g, node, scaled_name, shift_name)
-        except _NoMatch:
-            continue
-    raise _NoMatch
-
-
-def _layer_norm_from(g, node, scaled_name, shift_name):
-    """`node` = Add(scaled, shift) with scaled = Mul(x, inv), shift = [Add(]Mul(Neg(mean), inv)[, beta)]."""
-    x, inv_name, (variance_plus_epsilon, gamma) = _x_and_inv(g, g.parent(scaled_name, "Mul"))
-    shift, beta = g.producers.get(shift_name), None
-    if shift is not None and shift.op_type == "Add":
-        shift_name, beta = g.split_constant(shift)
-    shift = g.parent(shift_name, "Mul")
-    _need(inv_name in shift.input)
-    negated = g.parent(shift.input[1] if shift.input[0] == inv_name else shift.input[0], "Neg")
-    mean = _mean_over_last_axis(g, negated.input[0], x)
+    """`node` = Add(scaled, beta), or `scaled` itself when beta was folded away, with
+    scaled = Mul(c, inv), c = Sub(x, mean)."""
+    beta = None
+    if node.op_type == "Add":
+        scaled_name, beta = g.split_constant(node)
+        scaled = g.parent(scaled_name, "Mul")
+    else:
+        # A Mul followed by its beta's Add is matched there, as one LayerNorm.
+        _need(node.op_type == "Mul" and not g.read_by_constant_add(node.output[0]))
+        scaled = node
+    _need(len(scaled.input) == 2)
+    for centred_name, inv_name in (scaled.input, scaled.input[::-1]):
+        centred = g.producers.get(centred_name)
+        if centred is not None and centred.op_type == "Sub":
+            break
+    else:
+        raise _NoMatch
+    x, mean_name = centred.input
+    _mean_over_last_axis(g, mean_name, x)
+    variance_plus_epsilon, gamma = _inv_parts(g, inv_name)
     # inv = 1 / sqrt(var + eps), var = mean of Sub(x, mean)^2 over the last axis.
     variance_name, epsilon = g.split_constant(variance_plus_epsilon)
     squared = g.parent(_mean_over_last_axis(g, variance_name, None).input[0], "Mul")
-    _need(squared.input[0] == squared.input[1])
-    centred = g.parent(squared.input[0], "Sub")
-    _need(list(centred.input) == [x, mean.output[0]] and epsilon.size == 1)
+    _need(squared.input[0] == squared.input[1] and list(g.parent(squared.input[0], "Sub").input) == [x, mean_name])
+    _need(epsilon.size == 1)
 
     dim = (g.shapes.get(x) or [None])[-1]
-    _need(dim is not None and gamma.size == gamma.shape[-1] == dim and (beta is None or beta.size == beta.shape[-1] == dim))
+    _need(dim is not None)
+    gamma = np.ones(dim, np.float32) if gamma is None else gamma
     beta = np.zeros(dim, np.float32) if beta is None else beta
+    _need(gamma.size == gamma.shape[-1] == dim and beta.size == beta.shape[-1] == dim)
     gamma_name = g.add_initializer(f"{node.name}/fused_gamma", gamma.reshape(dim))
     beta_name = g.add_initializer(f"{node.name}/fused_beta", beta.reshape(dim))
     return _new_node("LayerNormalization", [x, gamma_name, beta_name], node, axis=-1, epsilon=float(epsilon.reshape(())))
 
 
-def _x_and_inv(g, scaled):
-    """`Mul(x, inv)`, inv = Mul(Reciprocal(Sqrt(Add(var, eps))), gamma) -> (x, inv's name, (the Add node, gamma))."""
-    for x, inv_name in (scaled.input, scaled.input[::-1]):
-        inv = g.producers.get(inv_name)
-        if inv is not None and inv.op_type == "Mul":
-            parts = _inv_parts(g, inv)
-            if parts is not None:
-                return x, inv_name, parts
-    raise _NoMatch
-
-
-def _inv_parts(g, node):
-    """`Mul(Reciprocal(Sqrt(Add(var, eps))), gamma)` -> (the Add node, gamma), or None."""
-    try:
-        other, gamma = g.split_constant(node)
-        sqrt = g.parent(g.parent(other, "Reciprocal").input[0], "Sqrt")
-        return g.parent(sqrt.input[0], "Add"), gamma
-    except _NoMatch:
-        return None
+def _inv_parts(g, inv_name):
+    """inv = [Mul(]Reciprocal(Sqrt(Add(var, eps)))[, gamma)] -> (the Add node, gamma or None)."""
+    node = g.producers.get(inv_name)
+    _need(node is not None)
+    gamma = None
+    if node.op_type == "Mul":
+        inv_name, gamma = g.split_constant(node)
+    sqrt = g.parent(g.parent(inv_name, "Reciprocal").input[0], "Sqrt")
+    return g.parent(sqrt.input[0], "Add"), gamma
 
 
 def _mean_over_last_axis(g, tensor, x):

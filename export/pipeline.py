@@ -242,7 +242,11 @@ def _build_tflite(model, quantization, calibration_images, path):
     if extra:  # cannot happen with TFLITE_BUILTINS only, but a stock runtime must load it
         raise RuntimeError(f"non-builtin ops {extra}")
     path.write_bytes(content)
-    return {"ops": tflite.op_names(content), "tensor_dtypes": tflite.tensor_dtypes(content)}
+    return {
+        "ops": tflite.op_names(content),
+        "tensor_dtypes": tflite.tensor_dtypes(content),
+        "xnnpack_partitions": tflite.xnnpack_partitions(content),
+    }
 
 
 def _build_onnx(proto, path):

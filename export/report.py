@@ -51,10 +51,17 @@ def _cell(key, row):
     return str(value)
 
 
-def _fused(row):
-    """" (fused: 25 LayerNormalization, ...)" for the optimised ONNX row, else ""."""
-    fused = {op: n for op, n in (row.get("details") or {}).get("fused_ops", {}).items() if n}
-    return f" (fused: {', '.join(f'{n} {op}' for op, n in fused.items())})" if fused else ""
+def _op_note(row):
+    """" (fused: 25 LayerNormalization, ...)" for the optimised ONNX row, " (XNNPACK: 1
+    partition)" for a TFLite row, else ""."""
+    details = row.get("details") or {}
+    fused = {op: n for op, n in details.get("fused_ops", {}).items() if n}
+    if fused:
+        return f" (fused: {', '.join(f'{n} {op}' for op, n in fused.items())})"
+    partitions = details.get("xnnpack_partitions")
+    if partitions is not None:
+        return f" (XNNPACK: {partitions} partition{'s' if partitions != 1 else ''})"
+    return ""
 
 
 def markdown(report):
@@ -79,7 +86,7 @@ def markdown(report):
     if extras:
         lines.append("")
         lines.append("Ops (TFLite: builtin only, no Flex/custom ops; ONNX: op types, onnxruntime contrib ops as `com.microsoft:Op`):")
-        lines.extend(f"- {row['artifact']}: {', '.join(row['ops'])}{_fused(row)}" for row in extras)
+        lines.extend(f"- {row['artifact']}: {', '.join(row['ops'])}{_op_note(row)}" for row in extras)
     return "\n".join(lines) + "\n"
 
 

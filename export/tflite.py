@@ -89,6 +89,20 @@ def tensor_dtypes(tflite_bytes):
     return dict(sorted(counts.items()))
 
 
+def xnnpack_partitions(tflite_bytes_or_path):
+    """How many parts of the graph the CPU interpreter hands to XNNPACK, its default delegate.
+
+    1: the whole graph runs in XNNPACK. Each op XNNPACK has no kernel for (UNPACK, a slice
+    that drops an axis, shape arithmetic on a dynamic batch) splits it, and the split parts
+    hand their tensors back and forth through TFLite's own kernels; a GPU/NPU delegate that
+    takes one partition leaves the rest on the CPU.
+    """
+    interpreter = _interpreter(tflite_bytes_or_path)
+    interpreter.allocate_tensors()  # delegates are applied here
+    # The interpreter has no public listing of its nodes; the delegate nodes are named DELEGATE.
+    return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+
+
 def _interpreter(tflite_bytes_or_path, num_threads=None):
     from ai_edge_litert.interpreter import Interpreter
 

@@ -56,15 +56,26 @@ def _gelu_exact(x):
     return x * cdf, grad
 
 
+def _layer_norm(x, gamma, beta, epsilon):
+    """LayerNorm over the last axis, [..., D] -> (output, normalized, inv_std).
+
+    Centred first, so that the output is four element-wise passes over x after the mean
+    (`centered * inv_std * gamma + beta`), one fewer than Keras' spelling; the exports keep
+    this form (TFLite, ONNX's LayerNormalization fusion matches it).
+    """
+    centered = x - ops.mean(x, axis=-1, keepdims=True)
+    inv_std = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + epsilon)
+    normalized = centered * inv_std
+    return normalized * gamma + beta, normalized, inv_std
+
+
 def _layer_norm_with_gradient(x, gamma, beta, epsilon):
-    """LayerNorm over the last axis with a hand-written gradient (float32 in and out)."""
+    """`_layer_norm` with a hand-written gradient (float32 in and out)."""
     reduce_axes = tuple(range(len(x.shape) - 1))
 
     @ops.custom_gradient
     def layer_norm(x, gamma, beta):
-        centered = x - ops.mean(x, axis=-1, keepdims=True)
-        inv_std = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + epsilon)
-        normalized = centered * inv_std
+        output, normalized, inv_std = _layer_norm(x, gamma, beta, epsilon)
 
         def grad(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
@@ -76,28 +87,30 @@ def _layer_norm_with_gradient(x, gamma, beta, epsilon):
             )
             return d_x, ops.sum(upstream * normalized, axis=reduce_axes), ops.sum(upstream, axis=reduce_axes)
 
-        return normalized * gamma + beta, grad
+        return output, grad
 
     return layer_norm(x, gamma, beta)
 
 
 @register
 class LayerNorm(keras.layers.LayerNormalization):
-    """Keras' LayerNormalization over the last axis, with a cheaper backward pass in training.
+    """Keras' LayerNormalization over the last axis (same weights and config), computed as
+    `_layer_norm`, with a cheaper backward pass in training.
 
-    Inference runs Keras' own computation (the graph every exporter knows). In training the
-    statistics are computed once and the gradient is written out
+    In training the gradient is written out
     (`dx = (g*gamma - mean(g*gamma) - xhat * mean(g*gamma*xhat)) / std`) instead of
     differentiating each op of the forward pass: about 20% less time per ViT-Ti training step.
     Input and output: [..., D]; statistics in float32 under mixed precision too.
     """
 
     def call(self, inputs, training=None):
-        if not training:
-            return super().call(inputs)
         x = ops.cast(inputs, "float32")
         gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
-        return ops.cast(_layer_norm_with_gradient(x, gamma, beta, self.epsilon), self.compute_dtype)
+        if training:
+            output = _layer_norm_with_gradient(x, gamma, beta, self.epsilon)
+        else:
+            output = _layer_norm(x, gamma, beta, self.epsilon)[0]
+        return ops.cast(output, self.compute_dtype)
 
 
 @register
@@ -138,14 +151,17 @@ class PatchEmbedding(keras.layers.Layer):
 
 @register
 class ClassToken(keras.layers.Layer):
-    """Prepends a learned class token. Input: [B, N, D]. Output: [B, N + 1, D]."""
+    """Prepends a learned class token. Input: [B, N, D], N static. Output: [B, N + 1, D]."""
 
     def build(self, input_shape):
         self.token = self.add_weight(shape=(1, 1, input_shape[-1]), initializer="zeros", name="token")
 
     def call(self, tokens):
-        batch_token = ops.broadcast_to(ops.cast(self.token, tokens.dtype), (ops.shape(tokens)[0], 1, tokens.shape[-1]))
-        return ops.concatenate([batch_token, tokens], axis=1)
+        # Zero-pad one row in front of every sequence and add the token there: the same
+        # values as concatenating a broadcast token, with no op that reads the batch size at
+        # run time (the exported graphs stay static-shaped; TFLite runs it all in XNNPACK).
+        token_row = ops.pad(ops.cast(self.token, tokens.dtype), ((0, 0), (0, tokens.shape[1]), (0, 0)))
+        return ops.pad(tokens, ((0, 0), (1, 0), (0, 0))) + token_row
 
     def compute_output_shape(self, input_shape):
         batch, length, dim = input_shape
@@ -216,6 +232,16 @@ class DropPath(keras.layers.Layer):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
+def _split_leading(x, parts):
+    """[parts, ...] -> `parts` tensors [...], like `unstack(x, axis=0)`.
+
+    Spelled split + squeeze because TFLite's UNPACK has no XNNPACK kernel: with `unstack`
+    every attention block would end an XNNPACK partition. TensorFlow shares the input's
+    buffer either way.
+    """
+    return [ops.squeeze(part, 0) for part in ops.split(x, parts, axis=0)]
+
+
 @register
 class MultiHeadSelfAttention(keras.layers.Layer):
     """Multi-head self-attention with one fused q/k/v projection.
@@ -254,7 +280,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             qkv = ops.reshape(self.qkv(ops.reshape(x, (-1, dim))), (-1, length, 3, self.num_heads, self.head_dim))
             # One transpose to [3, B, heads, T, head_dim]; then both attention products are plain
             # batched matmuls with no further transposes (the einsums below need none).
-            query, key, value = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
+            query, key, value = _split_leading(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3)
             if queries != length:
                 query = query[:, :, :queries]
         else:
@@ -280,7 +306,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         query = ops.transpose(ops.reshape(query, (-1, queries, self.num_heads, self.head_dim)), (0, 2, 1, 3))
         key_value = ops.matmul(ops.reshape(x, (-1, dim)), kernel[:, dim:]) + bias[dim:]
         key_value = ops.reshape(key_value, (-1, length, 2, self.num_heads, self.head_dim))
-        key, value = ops.unstack(ops.transpose(key_value, (2, 0, 3, 1, 4)), 2, axis=0)
+        key, value = _split_leading(ops.transpose(key_value, (2, 0, 3, 1, 4)), 2)
         return query, key, value
 
     def compute_output_shape(self, input_shape):
@@ -397,7 +423,8 @@ class TokenPooling(keras.layers.Layer):
 
     def call(self, tokens):
         if self.mode == "token":
-            return tokens[:, 0]
+            # Not `tokens[:, 0]`: XNNPACK has no kernel for a slice that drops an axis.
+            return ops.reshape(tokens[:, :1], (-1, tokens.shape[-1]))
         return ops.mean(tokens[:, self.num_prefix_tokens :], axis=1)
 
     def compute_output_shape(self, input_shape):

@@ -22,10 +22,12 @@ def test_benchmark_quick_mode_writes_its_tables(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = doc.read_text()
     assert "<!-- BEGIN performance -->" in text and "fp32 matmul" in text
+    assert "- keras-hub: " in text and "- onnxruntime: " in text and "- ai-edge-litert: " in text
     for path in ("keras_vit predict_on_batch", "keras_vit tf.function+XLA", "keras-hub predict_on_batch",
                  "keras-hub tf.function+XLA", "keras_vit ONNX Runtime", "keras_vit ONNX Runtime (fused)",
                  "keras_vit LiteRT (XNNPACK)"):
         assert f"| {path} |" in text, path
+    assert "### ONNX: the fused graph against the plain one" in text and "| ViT-Ti/16 | 1 |" in text
     assert "| keras_vit | float32 | False |" in text and "| keras-hub | float32 | False |" in text
     assert "### Training step op by op" in text
     for group in ("| MatMul (2-D) |", "| optimizer update (AdamW) |", "| all ops |"):

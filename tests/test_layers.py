@@ -215,7 +215,7 @@ def _value_and_gradients(fn, *inputs):
     return [out.numpy()] + [g.numpy() for g in tape.gradient(loss, inputs)]
 
 
-def test_training_layer_norm_has_the_value_and_gradient_of_keras_layer_norm():
+def test_layer_norm_has_the_value_and_gradient_of_keras_layer_norm():
     x = RNG.normal(1.0, 3.0, size=(3, 5, 16)).astype("float32")
     gamma, beta = RNG.normal(size=16).astype("float32"), RNG.normal(size=16).astype("float32")
     layer = layers.LayerNorm(epsilon=1e-6)
@@ -223,6 +223,8 @@ def test_training_layer_norm_has_the_value_and_gradient_of_keras_layer_norm():
     for norm in (layer, reference):
         norm.build(x.shape)
         norm.set_weights([gamma, beta])
+    # Inference: the same values as Keras' layer, from the centred formula.
+    np.testing.assert_allclose(layer(x, training=False), reference(x), atol=1e-5, rtol=1e-5)
     # Gradients with respect to the input, through Keras' own (differentiated) layer.
     ours = _value_and_gradients(lambda t: layer(t, training=True), x)
     theirs = _value_and_gradients(lambda t: reference(t), x)
