@@ -100,8 +100,18 @@ class LayerNorm(keras.layers.LayerNormalization):
     In training the gradient is written out
     (`dx = (g*gamma - mean(g*gamma) - xhat * mean(g*gamma*xhat)) / std`) instead of
     differentiating each op of the forward pass: about 20% less time per ViT-Ti training step.
-    Input and output: [..., D]; statistics in float32 under mixed precision too.
+    Input and output: [..., D]; statistics in float32 under mixed precision too. Keras'
+    other options (another axis, no centre or scale, rms_scaling) are refused.
     """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.axis not in (-1, [-1]) or not (self.center and self.scale) or self.rms_scaling:
+            raise ValueError(
+                "keras_vit LayerNorm normalises over the last axis with both gamma and beta: "
+                f"got axis={self.axis}, center={self.center}, scale={self.scale}, rms_scaling={self.rms_scaling}. "
+                "Use keras.layers.LayerNormalization for the other options."
+            )
 
     def call(self, inputs, training=None):
         x = ops.cast(inputs, "float32")

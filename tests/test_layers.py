@@ -244,6 +244,12 @@ def test_layer_norm_has_the_value_and_gradient_of_keras_layer_norm():
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("option", [dict(axis=1), dict(center=False), dict(scale=False), dict(rms_scaling=True)])
+def test_layer_norm_refuses_options_it_does_not_compute(option):
+    with pytest.raises(ValueError, match="last axis with both gamma and beta"):
+        layers.LayerNorm(**option)
+
+
 @pytest.mark.parametrize("training_gelu", ["backend", "keras_ops"])
 def test_training_gelu_has_the_value_and_gradient_of_the_exact_formula(training_gelu):
     # "backend": what training runs here (TensorFlow: the XLA kernels); "keras_ops": the
