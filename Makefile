@@ -18,6 +18,7 @@ quickstart: $(INSTALLED)
 	$(BIN)/keras-vit quickstart --out $(RUN)
 
 test: $(INSTALLED)
+	$(BIN)/ruff check .
 	$(BIN)/pytest -m "not slow" -n 2 $(PYTEST_ARGS)
 
 test-slow: $(INSTALLED)

@@ -9,16 +9,18 @@ setup(
     python_requires=">=3.10,<3.14",
     # training/ and export/ live at the top of the repo but install under the keras_vit
     # namespace, so nothing generic like a top-level `export` package lands in site-packages.
-    packages=["keras_vit", "keras_vit.weights", "keras_vit.training", "keras_vit.export"],
+    packages=["keras_vit", "keras_vit.labels", "keras_vit.weights", "keras_vit.training", "keras_vit.export"],
     package_dir={
         "keras_vit": "keras_vit",
         "keras_vit.training": "training",
         "keras_vit.export": "export",
     },
+    package_data={"keras_vit.labels": ["*.txt"]},  # the ImageNet-1k / 21k label sets
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<3.16",
         "numpy>=1.26,<3",
+        "pillow>=10,<14",  # decoding image files (keras_vit.preprocessing)
     ],
     extras_require={
         "train": [
@@ -42,6 +44,8 @@ setup(
             "keras_vit[train,export,bench]",
             "pytest>=8,<10",
             "pytest-xdist>=3.5,<4",
+            "ruff==0.17.6",  # `make test` lints first; pinned so that CI and developers agree
+            "jax>=0.10,<0.11",  # the JAX-backend tests (tests/test_jax_backend.py)
         ],
     },
     entry_points={"console_scripts": ["keras-vit=keras_vit.cli:main"]},

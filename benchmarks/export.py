@@ -21,8 +21,8 @@ def main(argv=None):
     run_dir = pathlib.Path(argv[0] if argv else "runs/quickstart")
     report_path = run_dir / "export" / "export_report.json"
     if not report_path.exists():
-        if not (run_dir / "best.keras").exists():
-            print(f"{run_dir} has no best.keras: run `make quickstart` first.", file=sys.stderr)
+        if not (run_dir / "metrics.json").exists():
+            print(f"{run_dir} is not a finished run: run `make quickstart` first.", file=sys.stderr)
             return 2
         from keras_vit.export import cli
 

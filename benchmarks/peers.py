@@ -75,11 +75,3 @@ def forward_flops(size, image_size, patch_size, num_classes=1000, peer="keras-hu
     last_block = block(1 if peer == "keras_vit" else tokens)
     patch_embedding = 2 * patches * patch_size * patch_size * 3 * d
     return patch_embedding + (layers - 1) * block(tokens) + last_block + 2 * d * num_classes
-
-
-def count_check():
-    """Both peers have the same parameter count (the same model), checked before timing."""
-    a = keras_vit_model("Ti", 224, 16).count_params()
-    b = keras_hub_model("Ti", 224, 16).count_params()
-    keras.backend.clear_session()
-    return a, b

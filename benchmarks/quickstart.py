@@ -17,6 +17,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from report import facts_markdown, machine_facts, markdown_table, write_section  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+RECORDED_OPTIONS = ("epochs", "batch_size", "learning_rate", "weight_decay", "label_smoothing", "crop_scale_min", "ema_momentum")
 
 
 def main(argv=None):
@@ -37,6 +38,7 @@ def main(argv=None):
     config = json.loads((out / "config.json").read_text())
     row = {
         "test accuracy": f"{metrics['test_accuracy']:.4f}",
+        "chosen epoch": metrics["chosen_epoch"],
         "test images": metrics["num_test"],
         "epochs": metrics["epochs_run"],
         "fit time (s)": f"{metrics['fit_seconds_this_session']:.0f}",
@@ -51,12 +53,12 @@ def main(argv=None):
             "## Quickstart (`keras-vit quickstart`, digits)",
             f"Made by `benchmarks/quickstart.py`: `{' '.join(command[1:])}` in a fresh process "
             "(install excluded; wall time includes TensorFlow start-up, data, training, evaluation "
-            "of the saved models and the export step when present). Images/s: training images "
+            "of the run's model and the export step when present). Images/s: training images "
             "per second of the epochs after the first (tracing and XLA compilation excluded).",
             f"Model: ViT {model['num_layers']} layers, width {model['hidden_dim']}, {model['num_heads']} heads, "
             f"MLP {model['mlp_dim']}, {model['image_size'][0]}x{model['image_size'][1]} input, "
             f"patch {model['patch_size'][0]}, pooling {model['pooling']}, drop path {model['drop_path_rate']}; "
-            f"options: {json.dumps({k: config['options'][k] for k in ('epochs', 'batch_size', 'learning_rate', 'weight_decay', 'label_smoothing', 'crop_scale_min', 'ema_momentum')})}.",
+            f"options: {json.dumps({k: config['options'][k] for k in RECORDED_OPTIONS})}.",
             markdown_table([row], list(row)),
             (f"Note: {args.note}\n\n" if args.note else "") + facts_markdown(machine_facts()),
         ]

@@ -7,24 +7,12 @@ scripts can be re-run on their own without clobbering the others' tables.
 import datetime
 import os
 import pathlib
-import platform
 import re
 
-from keras_vit.export.report import cpu_model
+from keras_vit.system import cpu_flags, cpu_model, package_versions
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nWritten by the scripts under `benchmarks/`; each section says how it was made.\n"
-
-
-def cpu_flags():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return " ".join(sorted(f for f in flags if f.startswith(("avx", "fma", "amx"))))
-    except OSError:
-        pass
-    return ""
 
 
 def machine_facts():
@@ -38,26 +26,13 @@ def machine_facts():
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "cpu_flags": cpu_flags(),
-        "python": platform.python_version(),
+        **package_versions(()),  # python
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "numpy": numpy.__version__,
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads() or "default",
     }
-
-
-def package_versions(names):
-    """{name: version} of the installed distributions among `names` (the others left out)."""
-    import importlib.metadata
-
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 def facts_markdown(facts):

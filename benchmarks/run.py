@@ -26,20 +26,20 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
 import peers  # noqa: E402
 import profile_step  # noqa: E402
 import report  # noqa: E402
+import tensorflow as tf  # noqa: E402
 import timm_peer  # noqa: E402
 
+from keras_vit import console  # noqa: E402
 
 # The versions that decide the figures besides TensorFlow's and Keras'.
 PEER_PACKAGES = ("keras-hub", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
 
 
 def log(message):
-    print(f"[bench] {message}", flush=True)
+    console.log("benchmark", message)
 
 
 def summarise(rounds):
@@ -287,7 +287,8 @@ def main(argv=None):
     parser.add_argument("--no-timm", action="store_true", help="leave timm out even where it is installed")
     args = parser.parse_args(argv)
 
-    facts = {**report.machine_facts(), **report.package_versions(PEER_PACKAGES)}
+    installed = {name: version for name, version in report.package_versions(PEER_PACKAGES).items() if version}
+    facts = {**report.machine_facts(), **installed}
     rounds = 3 if args.quick else 5
     matmul_size = 2048 if args.quick else 4096
     log(f"fp32 matmul throughput ({matmul_size}^3)")
@@ -317,7 +318,8 @@ def main(argv=None):
             "(its `predict_on_batch` or `tf.function`+XLA, whichever has the lower median) in the same run, taken "
             "round by round (each round times every path within seconds) and given as the median and IQR of the "
             "per-round ratios. GFLOP/s counts each path's own work (`peers.forward_flops`): keras_vit's last "
-            "block computes the class token alone, 6.9% less than keras-hub and timm compute." + (" timm (training step only) runs in a process of its own, driven call by call "
+            "block computes the class token alone, 6.9% less than keras-hub and timm compute."
+            + (" timm (training step only) runs in a process of its own, driven call by call "
                                    "from this one (`benchmarks/timm_peer.py`), interleaved like the other paths." if with_timm else ""),
             report.facts_markdown({**facts, f"fp32 matmul ({matmul_size}^3), GFLOP/s": f"{limit:.0f}"}),
             "### Inference, 224x224, float32",

@@ -36,7 +36,11 @@ class TimmPeer:
             # torch.compile without its pool of compile worker processes: less memory.
             env={**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"},
         )
-        self.versions = self._ask(op="versions")
+        try:
+            self.versions = self._ask(op="versions")
+        except RuntimeError:
+            self.close()
+            raise
 
     def _ask(self, **request):
         try:
@@ -72,8 +76,9 @@ class TimmPeer:
     def close(self):
         if self._process.poll() is None:
             self._process.stdin.close()
-            self._process.wait(timeout=60)
-        self._stderr.close()
+        self._process.wait(timeout=60)
+        for stream in (self._process.stdin, self._process.stdout, self._stderr):
+            stream.close()
 
 
 def start(python):

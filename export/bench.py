@@ -16,7 +16,7 @@ import pathlib
 
 import numpy as np
 
-from keras_vit.export import onnx_export, tflite
+from keras_vit.export import formats, onnx_export, tflite
 
 NUM_THREADS = 2
 SANITY_TOLERANCE = 1e-4
@@ -33,9 +33,9 @@ def write_artifacts(model, workdir):
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     proto = onnx_export.convert(model)
-    onnx.save(proto, str(workdir / onnx_export.FILE_NAME))
-    onnx.save(onnx_export.optimize(proto)[0], str(workdir / onnx_export.OPTIMIZED_FILE_NAME))
-    (workdir / tflite.FILE_NAMES["none"]).write_bytes(tflite.convert(model, "none"))
+    onnx.save(proto, str(workdir / formats.ONNX_FILE_NAME))
+    onnx.save(onnx_export.optimize(proto)[0], str(workdir / formats.ONNX_OPTIMIZED_FILE_NAME))
+    (workdir / formats.TFLITE_FILE_NAMES["none"]).write_bytes(tflite.convert(model, "none"))
 
 
 def load_runners(workdir, images, expected, num_threads=NUM_THREADS):
@@ -58,9 +58,9 @@ def load_runners(workdir, images, expected, num_threads=NUM_THREADS):
     workdir = pathlib.Path(workdir)
     images = np.ascontiguousarray(images, np.float32)
     runs = {
-        ONNX: onnx_export.load_runner(workdir / onnx_export.FILE_NAME, num_threads),
-        ONNX_FUSED: onnx_export.load_runner(workdir / onnx_export.OPTIMIZED_FILE_NAME, num_threads),
-        LITERT: tflite.load_runner(workdir / tflite.FILE_NAMES["none"], num_threads),
+        ONNX: onnx_export.load_runner(workdir / formats.ONNX_FILE_NAME, num_threads),
+        ONNX_FUSED: onnx_export.load_runner(workdir / formats.ONNX_OPTIMIZED_FILE_NAME, num_threads),
+        LITERT: tflite.load_runner(workdir / formats.TFLITE_FILE_NAMES["none"], num_threads),
     }
     for name, run in runs.items():
         diff = float(np.abs(run(images) - expected).max())  # also resizes LiteRT's input to B

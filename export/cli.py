@@ -6,14 +6,11 @@ prints the report table. Exit codes: 0 all verified, 1 an artifact failed verifi
 """
 
 import argparse
-import os
 import pathlib
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-FORMATS = ("saved_model", "tflite", "onnx")  # kept in step with pipeline.FORMATS (tested)
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+from keras_vit import console
+from keras_vit.export.formats import FORMATS, QUANTIZATIONS
 
 
 def build_parser():
@@ -39,6 +36,7 @@ def build_parser():
     )
     parser.add_argument("--num-images", type=int, default=1000, help="at most this many verification images (default 1000)")
     parser.add_argument("--latency-repeats", type=int, default=20, help="timed runs per latency figure (default 20)")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and converter log lines")
     return parser
 
 
@@ -54,7 +52,7 @@ def main(argv=None):
     from keras_vit.export.source import ExportError
 
     if args.num_images < 8:
-        print("keras-vit export: error: --num-images must be at least 8", file=sys.stderr)
+        console.error("export", "--num-images must be at least 8")
         return 2
     try:
         result = pipeline.export(
@@ -67,7 +65,7 @@ def main(argv=None):
             latency_repeats=args.latency_repeats,
         )
     except ExportError as error:
-        print(f"keras-vit export: error: {error}", file=sys.stderr)
+        console.error("export", error)
         return 2
     print()
     print(markdown(result))

@@ -24,8 +24,6 @@ import os
 import numpy as np
 
 OPSET = 17
-FILE_NAME = "model.onnx"
-OPTIMIZED_FILE_NAME = "model_optimized.onnx"
 
 
 def _erfc_handler(ctx, node, name, args):
@@ -46,8 +44,8 @@ def _optimizers_in_place():
 
     By default tf2onnx deep-copies the whole graph, weights included, before each optimizer
     (to fall back to the copy if the optimizer fails), and the dropped copies are reference
-    cycles that Python frees only in a rare full collection: converting ViT-B/16 peaked at
-    19 GB of memory. Its environment switch `TF2ONNX_CATCH_ERRORS` turns the copies off (in
+    cycles that Python frees only in a rare full collection: converting ViT-B/16 took several
+    GB more at its peak (docs/benchmarks.md, "Measured facts"). Its environment switch `TF2ONNX_CATCH_ERRORS` turns the copies off (in
     tf2onnx 1.17 any value does: it compares the variable's name, not its value, to "TRUE").
     A failing optimizer then fails the conversion instead of being skipped.
     """
@@ -126,10 +124,9 @@ def load_runner(path, num_threads=None):
     if num_threads:
         options.intra_op_num_threads = num_threads
     # onnxruntime's worker threads spin-wait after each run by default, taking the cores from
-    # whatever runs next in the process: another session, TensorFlow, LiteRT (with three
-    # sessions called in turn on 2 cores, each ran up to 1.6x slower at ViT-Ti batch 1).
-    # Spinning stays on within a run; each call pays one thread wake-up instead (about
-    # 0.03 ms here: 14% of the 0.2 ms quickstart model, nothing measurable at ViT-Ti's 15 ms).
+    # whatever runs next in the process: another session, TensorFlow, LiteRT. Spinning stays
+    # on within a run; each call pays one thread wake-up instead (both measured:
+    # docs/benchmarks.md, "Measured facts").
     options.add_session_config_entry("session.force_spinning_stop", "1")
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name

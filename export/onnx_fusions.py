@@ -174,7 +174,7 @@ def _layer_norm(g, node):
         _need(node.op_type == "Mul" and not g.read_by_constant_add(node.output[0]))
         scaled = node
     _need(len(scaled.input) == 2)
-    for centred_name, inv_name in (scaled.input, scaled.input[::-1]):
+    for centred_name, inv_name in (scaled.input, scaled.input[::-1]):  # noqa: B007 (used after the loop)
         centred = g.producers.get(centred_name)
         if centred is not None and centred.op_type == "Sub":
             break

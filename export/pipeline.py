@@ -1,14 +1,17 @@
 """`export()`: a run folder or `.keras` file -> verified artifacts + `export_report.json`.
 
-The steps, each logged:
-1. load the model and its dataset facts (`source.load_source`), check the options;
-2. load the verification images (the run's test split; for a bare `.keras` file the
-   `--calibration` images or seeded synthetic ones) and the int8 calibration images (the
-   run's train split, or `--calibration`);
-3. run the Keras model on them: the reference logits, accuracy and latency;
-4. for each artifact: convert into a staging folder next to `out_dir`, verify it against
-   the reference (`verify.verify`), time it, and give it its final name only if it passed;
-5. write the report and move the staging folder to `out_dir` in one rename.
+The stages, each a function below and one log line:
+1. `source.load_source`: the model (the one a run folder's metrics.json names), what it
+   carries (config, preprocessing, class names), the run's dataset facts;
+2. `_verification_data`: the verification images (the run's test split; for a bare
+   `.keras` file the `--calibration` images or seeded synthetic ones) and
+   `_calibration_data`: the int8 calibration images (the run's train split, or
+   `--calibration`);
+3. `_keras_row`: the Keras model on them: the reference logits, accuracy and latency;
+4. `_export_one`, per artifact: convert into a staging folder next to `out_dir`, verify it
+   against the reference (`verify.verify`), time it, and give it its final name only if
+   it passed;
+5. `_write_report`: the report, then the staging folder moved to `out_dir` in one rename.
 
 A failed check leaves the failed artifact out (its row in the report says why) and makes
 `export()` return a report with `passed: False` (the command exits 1). Nothing in
@@ -21,19 +24,27 @@ import datetime
 import functools
 import os
 import pathlib
-import platform
 import shutil
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
+from keras_vit import console, system
 from keras_vit.export import onnx_export, report, saved_model, source, tflite, verify
+from keras_vit.export.formats import (
+    FORMATS,
+    ONNX_FILE_NAME,
+    ONNX_OPTIMIZED_FILE_NAME,
+    QUANTIZATIONS,
+    REPORT_FILE,
+    SAVED_MODEL_DIR,
+    TFLITE_FILE_NAMES,
+)
 from keras_vit.export.source import ExportError
 
-FORMATS = ("saved_model", "tflite", "onnx")
-QUANTIZATIONS = tflite.QUANTIZATIONS  # TFLite only; SavedModel and ONNX are float32
 NUM_VERIFICATION_IMAGES = 1000
 NUM_BYTES_CHECK_IMAGES = 32
+VERSIONED_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
 
 
 @dataclasses.dataclass
@@ -50,7 +61,7 @@ class Artifact:
 
 
 def log(message):
-    print(f"[keras-vit export] {message}", flush=True)
+    console.log("export", message)
 
 
 def parse_names(value, allowed, what):
@@ -116,32 +127,13 @@ def export(
     reference = verify.predict(keras_run, x)
     rows = [_keras_row(src, keras_run, x, reference, labels, latency_repeats)]
 
-    artifacts = _artifacts(src, formats, quantizations, calibration_images)
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        for artifact in artifacts:
+        for artifact in _artifacts(src, formats, quantizations, calibration_images):
             rows.append(_export_one(artifact, staging, x, reference, labels, images, src, latency_repeats))
-        result = {
-            "model": str(src.model_path),
-            "run_dir": None if src.run_dir is None else str(src.run_dir),
-            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{report.cpu_model()}, {os.cpu_count()} cores",
-            "versions": _versions(),
-            "class_names": src.class_names,
-            "image_size": list(src.image_size),
-            "mean": list(src.facts["mean"]),
-            "std": list(src.facts["std"]),
-            "verification_data": {"description": data_description, "num_images": int(len(x)), "labelled": labels is not None},
-            "calibration_data": calibration_description,
-            "metrics_test_accuracy": (src.metrics or {}).get("test_accuracy"),
-            "latency_repeats": latency_repeats,
-            "tolerances": verify.TOLERANCES,
-            "artifacts": rows,
-            "passed": all(row["passed"] for row in rows),
-        }
-        report.write(result, staging)
+        result = _write_report(src, rows, staging, data_description, len(x), labels is not None, calibration_description, latency_repeats)
         _move_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -155,18 +147,18 @@ def export(
 def _check_out_dir(out_dir):
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"--out {out_dir} is a file; give a folder.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "export_report.json").exists():
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / REPORT_FILE).exists():
         raise ExportError(f"--out {out_dir} exists and is not an earlier export: choose an empty or new folder.")
 
 
 def _verification_data(src, calibration, num_images):
     """-> (uint8 images [N, H, W, 3], int labels [N] or None, description)."""
     if src.run_dir is not None:
-        images, labels = source.dataset_images(src.facts, "test", limit=num_images)
+        images, labels = src.dataset_images("test", limit=num_images)
         name = src.facts.get("name") or src.facts.get("source")
         return images, labels, f"the test split of {name}"
     if calibration is not None:
-        images = source.images_from_path(calibration, src.image_size)[:num_images]
+        images = source.images_from_path(calibration, src)[:num_images]
         return images, None, f"the calibration images {calibration} (no labels)"
     return source.synthetic_images(src.image_size), None, f"seeded synthetic images (seed {source.SYNTHETIC_SEED}, no labels)"
 
@@ -174,10 +166,10 @@ def _verification_data(src, calibration, num_images):
 def _calibration_data(src, calibration):
     """-> (float32 normalised images [N, H, W, 3], description)."""
     if calibration is not None:
-        images = source.images_from_path(calibration, src.image_size)
+        images = source.images_from_path(calibration, src)
         description = f"{calibration}"
     else:
-        images, _ = source.dataset_images(src.facts, "train", limit=tflite.NUM_CALIBRATION_IMAGES)
+        images, _ = src.dataset_images("train", limit=tflite.NUM_CALIBRATION_IMAGES)
         description = f"the train split of {src.facts.get('name') or src.facts.get('source')}"
     if len(images) == 0:
         raise ExportError(f"int8 request without data: no calibration images in {calibration or src.run_dir}.")
@@ -185,17 +177,41 @@ def _calibration_data(src, calibration):
     return src.normalise(images), {"description": description, "num_images": int(len(images))}
 
 
+def _write_report(src, rows, folder, data_description, num_images, labelled, calibration_description, latency_repeats):
+    """The report of every row, written as export_report.json / .md into `folder`."""
+    result = {
+        # As the run folder's metrics.json names it (the file name inside run_dir).
+        "model": src.model_path.name if src.run_dir is not None else str(src.model_path),
+        "run_dir": None if src.run_dir is None else str(src.run_dir),
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": system.machine(),
+        "versions": system.package_versions(VERSIONED_PACKAGES),
+        "class_names": src.class_names,
+        "image_size": list(src.image_size),
+        "preprocessing": dataclasses.asdict(src.preprocessing),
+        "verification_data": {"description": data_description, "num_images": int(num_images), "labelled": labelled},
+        "calibration_data": calibration_description,
+        "metrics_test_accuracy": (src.metrics or {}).get("test_accuracy"),
+        "latency_repeats": latency_repeats,
+        "tolerances": verify.TOLERANCES,
+        "artifacts": rows,
+        "passed": all(row["passed"] for row in rows),
+    }
+    report.write(result, folder)
+    return result
+
+
 # ----------------------------------------------------------------------------- artifacts
 
 
 def _artifacts(src, formats, quantizations, calibration_images):
-    model, facts = src.model, src.facts
+    model = src.model
     artifacts = []
     if "saved_model" in formats:
         artifacts.append(
             Artifact(
-                "saved_model", "saved_model", "none", "saved_model", "float32",
-                build=lambda path: _build_saved_model(model, facts, path),
+                "saved_model", "saved_model", "none", SAVED_MODEL_DIR, "float32",
+                build=lambda path: _build_saved_model(model, src.class_names, path),
                 load=saved_model.load_runner,
             )
         )
@@ -206,7 +222,7 @@ def _artifacts(src, formats, quantizations, calibration_images):
                     f"tflite_{'float32' if quantization == 'none' else quantization}",
                     "tflite",
                     quantization,
-                    tflite.FILE_NAMES[quantization],
+                    TFLITE_FILE_NAMES[quantization],
                     {"none": "float32", "float16": "float16"}.get(quantization, "int8"),
                     build=lambda path, q=quantization: _build_tflite(model, q, calibration_images, path),
                     load=tflite.load_runner,
@@ -216,14 +232,14 @@ def _artifacts(src, formats, quantizations, calibration_images):
         convert_once = functools.cache(lambda: onnx_export.convert(model))  # both ONNX artifacts start from it
         artifacts.append(
             Artifact(
-                "onnx", "onnx", "none", onnx_export.FILE_NAME, "float32",
+                "onnx", "onnx", "none", ONNX_FILE_NAME, "float32",
                 build=lambda path: _build_onnx(convert_once(), path),
                 load=onnx_export.load_runner,
             )
         )
         artifacts.append(
             Artifact(
-                "onnx_optimized", "onnx", "none", onnx_export.OPTIMIZED_FILE_NAME, "float32",
+                "onnx_optimized", "onnx", "none", ONNX_OPTIMIZED_FILE_NAME, "float32",
                 build=lambda path: _build_onnx_optimized(convert_once(), path),
                 load=onnx_export.load_runner,
             )
@@ -231,8 +247,8 @@ def _artifacts(src, formats, quantizations, calibration_images):
     return artifacts
 
 
-def _build_saved_model(model, facts, path):
-    saved_model.export_saved_model(model, facts, path)
+def _build_saved_model(model, class_names, path):
+    saved_model.export_saved_model(model, class_names, path)
     return {"signatures": [saved_model.DEFAULT_SIGNATURE, saved_model.BYTES_SIGNATURE]}
 
 
@@ -380,15 +396,3 @@ def _remove(path):
 def _first_line(error):
     text = str(error).strip()
     return (text.splitlines()[0] if text else "")[:300]
-
-
-def _versions():
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": platform.python_version()}
-    for name in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
-    return versions

@@ -1,7 +1,6 @@
 """The export report: `export_report.json` and the same rows as a markdown table."""
 
 import json
-import platform
 
 COLUMNS = (
     ("artifact", "artifact"),
@@ -14,17 +13,6 @@ COLUMNS = (
     ("latency b8 (ms)", "latency_ms_batch8"),
     ("verified", "passed"),
 )
-
-
-def cpu_model():
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def human_size(num_bytes):

@@ -6,27 +6,28 @@ Signatures (B is dynamic):
 - `serving_bytes(image_bytes)`: string [B] of encoded JPEG/PNG/BMP/GIF images of any size
   -> `class_ids` int32 [B, k], `scores` float32 [B, k] (softmax probabilities, best
   first), `class_names` string [B, k]. Decoding, resizing and normalisation happen inside
-  the graph, with the functions training evaluates with (`resize_uint8`: bilinear,
-  antialiased, rounded to uint8; then `preprocess_input`).
+  the graph, with the model's preprocessing and the functions training evaluates with
+  (`keras_vit.preprocessing.resize_for_model`, then `preprocess_input`). TensorFlow's
+  decoder does not apply the EXIF orientation, which `keras-vit predict` does.
 """
 
 import keras
 import tensorflow as tf
 
-from keras_vit import preprocess_input
-from keras_vit.training.data import resize_uint8  # the evaluation resize, one definition
+from keras_vit.preprocessing import preprocess_input, resize_for_model
 
 DEFAULT_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
 TOP_K = 5
 
 
-def export_saved_model(model, facts, path, top_k=TOP_K):
-    """Writes a SavedModel with both signatures to `path` (a folder that must not exist)."""
-    height, width = facts["image_size"]
-    class_names = tf.constant([str(name) for name in facts["class_names"]])
-    k = min(top_k, len(facts["class_names"]))
-    mean, std = [float(v) for v in facts["mean"]], [float(v) for v in facts["std"]]
+def export_saved_model(model, class_names, path, top_k=TOP_K):
+    """Writes a SavedModel of a keras_vit classifier with both signatures to `path` (a folder
+    that must not exist); `class_names` name its outputs."""
+    config = model.vit_config
+    height, width = config.image_size
+    k = min(top_k, len(class_names))
+    class_names = tf.constant([str(name) for name in class_names])
 
     def serve_images(images):
         logits = model(images, training=False)
@@ -34,8 +35,8 @@ def export_saved_model(model, facts, path, top_k=TOP_K):
 
     def decode(image_bytes):
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        image = tf.ensure_shape(resize_uint8(image, (height, width)), [height, width, 3])
-        return preprocess_input(image, mean, std)
+        image = resize_for_model(image, (height, width), config.preprocessing)
+        return preprocess_input(image, config.preprocessing.mean, config.preprocessing.std)
 
     def serve_bytes(image_bytes):
         images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))

@@ -16,8 +16,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-FILE_NAMES = {q: f"model_{'float32' if q == 'none' else q}.tflite" for q in QUANTIZATIONS}
+from keras_vit.export.formats import QUANTIZATIONS
+
 NUM_CALIBRATION_IMAGES = 200
 
 

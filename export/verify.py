@@ -7,9 +7,8 @@ compares with the Keras logits on the same images:
 - float32 artifacts: max abs logit difference <= 1e-4;
 - float16: max abs logit difference <= 1e-2 x max(1, max |Keras logit|), i.e. 1e-2 for
   logits within [-1, 1], relative to the logit scale beyond. Rounding the weights to float16
-  alone moves the logits by about 2e-3 of their scale (the quickstart digits model, max
-  |logit| 4.3: 0.0103, the Keras model with float16-rounded weights as much as the
-  TFLite file), so a fixed 1e-2 would fail models by their logit scale, not by the export;
+  alone moves the logits in proportion to their scale (docs/benchmarks.md, "Measured
+  facts"), so a fixed 1e-2 would fail models by their logit scale, not by the export;
 - int8 (dynamic range and full integer): top-1 agreement >= 98% and, when the images have
   labels, accuracy within 1 point of Keras.
 

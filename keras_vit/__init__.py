@@ -1,23 +1,54 @@
 """keras_vit: Vision Transformers for Keras 3."""
 
-from keras_vit import layers
-from keras_vit.config import MODEL_SIZES, VARIANTS, ViTConfig
-from keras_vit.model import VARIANT_BUILDERS, VisionTransformer, build_vit, create_model
-from keras_vit.preprocessing import preprocess_input
-from keras_vit.weights import load_weights
+from keras_vit import console
 
-globals().update(VARIANT_BUILDERS)  # ViTTi16, ViTS16, ..., ViTH14
+console.quiet_tensorflow_startup()  # before Keras imports TensorFlow; only under the keras-vit command
+
+from keras_vit import layers  # noqa: E402
+from keras_vit.config import MODEL_SIZES, VARIANTS, ViTConfig, config_of  # noqa: E402
+from keras_vit.labels import decode_predictions  # noqa: E402
+from keras_vit.model import (  # noqa: E402
+    VARIANT_BUILDERS,
+    VisionTransformer,
+    ViTB8,
+    ViTB16,
+    ViTB32,
+    ViTH14,
+    ViTL16,
+    ViTL32,
+    ViTModel,
+    ViTS16,
+    ViTS32,
+    ViTTi16,
+    build_vit,
+    create_model,
+)
+from keras_vit.preprocessing import Preprocessing, preprocess_input  # noqa: E402
+from keras_vit.weights import load_weights  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
     "MODEL_SIZES",
     "VARIANTS",
+    "VARIANT_BUILDERS",
+    "Preprocessing",
+    "ViTB8",
+    "ViTB16",
+    "ViTB32",
     "ViTConfig",
+    "ViTH14",
+    "ViTL16",
+    "ViTL32",
+    "ViTModel",
+    "ViTS16",
+    "ViTS32",
+    "ViTTi16",
     "VisionTransformer",
     "build_vit",
+    "config_of",
     "create_model",
+    "decode_predictions",
     "layers",
     "load_weights",
     "preprocess_input",
-    *VARIANT_BUILDERS,
 ]

@@ -1,7 +1,9 @@
 """ViTConfig and the variant table: the one place where ViT sizes live."""
 
 import dataclasses
-from typing import Optional, Tuple, Union
+from collections.abc import Sequence
+
+from keras_vit.preprocessing import Preprocessing
 
 POOLING_MODES = ("token", "gap")
 
@@ -44,10 +46,15 @@ class ViTConfig:
 
     `image_size` and `patch_size` accept an int or a (height, width) pair and are stored as
     pairs. `class_token=None` means: a class token for `token` pooling, none for `gap`.
+
+    Besides the architecture, a config says what the model's inputs and outputs mean:
+    `preprocessing` (a `Preprocessing`: normalisation, resize, crop) and `labels` (None, a
+    label-set name such as `"imagenet1k"`, or the class names in index order). A keras_vit
+    model carries its config (`model.vit_config`, or `config_of(model)`).
     """
 
-    image_size: Union[int, Tuple[int, int]] = 224
-    patch_size: Union[int, Tuple[int, int]] = 16
+    image_size: int | tuple[int, int] = 224
+    patch_size: int | tuple[int, int] = 16
     hidden_dim: int = 768
     num_layers: int = 12
     num_heads: int = 12
@@ -55,20 +62,28 @@ class ViTConfig:
     num_classes: int = 1000
     num_channels: int = 3
     include_top: bool = True
-    pooling: Optional[str] = "token"
-    class_token: Optional[bool] = None
-    representation_size: Optional[int] = None
+    pooling: str | None = "token"
+    class_token: bool | None = None
+    representation_size: int | None = None
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
-    classifier_activation: Optional[str] = None
+    classifier_activation: str | None = None
     gelu_approximate: bool = False
     layer_norm_epsilon: float = 1e-6
+    preprocessing: Preprocessing = Preprocessing()
+    labels: None | str | Sequence[str] = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         set_("image_size", _pair(self.image_size, "image_size"))
         set_("patch_size", _pair(self.patch_size, "patch_size"))
+        if isinstance(self.preprocessing, dict):
+            set_("preprocessing", Preprocessing(**self.preprocessing))
+        if not isinstance(self.preprocessing, Preprocessing):
+            raise ValueError(f"preprocessing must be a keras_vit Preprocessing, got {self.preprocessing!r}.")
+        if self.labels is not None and not isinstance(self.labels, str):
+            set_("labels", tuple(str(name) for name in self.labels))
         (h, w), (ph, pw) = self.image_size, self.patch_size
         if min(h, w, ph, pw) <= 0:
             raise ValueError(f"image_size {self.image_size} and patch_size {self.patch_size} must be positive.")
@@ -100,6 +115,10 @@ class ViTConfig:
         for key in ("dropout_rate", "attention_dropout_rate", "drop_path_rate"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)!r}.")
+        if self.labels is not None and self.include_top:
+            from keras_vit.labels import resolve_labels
+
+            resolve_labels(self.labels, self.num_classes)  # a known set, as many names as classes
 
     @property
     def grid_size(self):
@@ -111,20 +130,49 @@ class ViTConfig:
         return int(self.class_token)
 
     @property
-    def sequence_length(self):
-        gh, gw = self.grid_size
-        return gh * gw + self.num_prefix_tokens
+    def class_names(self):
+        """The class names in index order, or None when the labels are unknown."""
+        if self.labels is None:
+            return None
+        from keras_vit.labels import resolve_labels
+
+        return resolve_labels(self.labels, self.num_classes)
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        """Plain JSON / YAML data (tuples as lists); `from_dict` reads it back."""
+
+        def plain(value):
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            return list(value) if isinstance(value, tuple) else value
+
+        return plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_variant(cls, variant, **overrides):
-        """The config of a named variant (`"ViTB16"`), with keyword overrides."""
-        if variant not in VARIANTS:
-            raise ValueError(f"Unknown variant {variant!r}: expected one of {sorted(VARIANTS)}.")
-        size, patch = VARIANTS[variant]
-        return cls(**{**MODEL_SIZES[size], "patch_size": patch, **overrides})
+    def from_dict(cls, values):
+        """The config `to_dict` wrote; unknown keys are an error naming them."""
+        return dataclass_from_dict(cls, values, "ViTConfig option")
+
+
+def dataclass_from_dict(cls, values, what):
+    """`cls(**values)` for a dataclass, naming the keys it does not know in a ValueError."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown {what}(s) {unknown}; known: {sorted(known)}.")
+    return cls(**values)
+
+
+def config_of(model):
+    """The `ViTConfig` a keras_vit model carries (built, loaded from a checkpoint, or reloaded
+    from a `.keras` file). A model keras_vit did not build raises a ValueError."""
+    config = getattr(model, "vit_config", None)
+    if not isinstance(config, ViTConfig):
+        raise ValueError(
+            f"Model {getattr(model, 'name', model)!r} is not a keras_vit model (it carries no ViTConfig): "
+            "build it with keras_vit.VisionTransformer, a variant builder such as keras_vit.ViTB16, or `keras-vit train`."
+        )
+    return config

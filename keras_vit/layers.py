@@ -11,8 +11,7 @@ import math
 import keras
 from keras import ops
 
-from keras_vit import tensorflow_kernels
-from keras_vit.resize import resize_position_embedding
+from keras_vit import activations, tensorflow_kernels
 
 register = keras.saving.register_keras_serializable(package="keras_vit")
 
@@ -22,38 +21,17 @@ MLP_BIAS_INIT = keras.initializers.RandomNormal(stddev=1e-6)
 POSITION_INIT = keras.initializers.RandomNormal(stddev=0.02)
 
 
-INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
 def gelu(x, approximate=False, training=False):
-    """GELU; exact (erf) as in timm and Hugging Face, or the tanh form as in flax/vit_jax.
-
-    The exact form is spelled with `erf` so that every exporter (TFLite builtins, tf2onnx)
-    sees an op it knows. In training it carries a hand-written gradient: on TensorFlow as
-    two XLA-compiled kernels (`tensorflow_kernels.gelu_exact`), elsewhere `_gelu_exact`.
-    """
+    """The MLP's GELU: exact (erf) or the tanh form. In training the exact form carries a
+    hand-written gradient: on TensorFlow as two XLA-compiled kernels
+    (`tensorflow_kernels.gelu_exact`), elsewhere `activations.gelu_for_training`."""
     if approximate:
-        return ops.gelu(x, approximate=True)
-    if training:
-        if keras.backend.backend() == "tensorflow":
-            return tensorflow_kernels.gelu_exact(x)
-        return _gelu_exact(x)
-    return 0.5 * x * (1.0 + ops.erf(x * INV_SQRT_2))
-
-
-@ops.custom_gradient
-def _gelu_exact(x):
-    """x * Phi(x) whose gradient, Phi(x) + x * phi(x), reuses Phi: about half the element-wise
-    passes of the differentiated formula."""
-    cdf = 0.5 + 0.5 * ops.erf(x * INV_SQRT_2)
-
-    def grad(*args, upstream=None):
-        upstream = args[0] if upstream is None else upstream
-        pdf = ops.exp(-0.5 * ops.square(x)) * INV_SQRT_2PI
-        return upstream * (cdf + x * pdf)
-
-    return x * cdf, grad
+        return activations.gelu_tanh(x)
+    if not training:
+        return activations.gelu(x)
+    if keras.backend.backend() == "tensorflow":
+        return tensorflow_kernels.gelu_exact(x)
+    return activations.gelu_for_training(x)
 
 
 def _layer_norm(x, gamma, beta, epsilon):
@@ -99,7 +77,7 @@ class LayerNorm(keras.layers.LayerNormalization):
 
     In training the gradient is written out
     (`dx = (g*gamma - mean(g*gamma) - xhat * mean(g*gamma*xhat)) / std`) instead of
-    differentiating each op of the forward pass: about 20% less time per ViT-Ti training step.
+    differentiating each op of the forward pass (the gain: docs/benchmarks.md, "Measured facts").
     Input and output: [..., D]; statistics in float32 under mixed precision too. Keras'
     other options (another axis, no centre or scale, rms_scaling) are refused.
     """
@@ -201,18 +179,6 @@ class PositionEmbedding(keras.layers.Layer):
 
     def call(self, tokens):
         return tokens + ops.cast(self.embedding, tokens.dtype)
-
-    def assign_resized(self, embedding, source_grid_size, method="bilinear"):
-        """Loads an embedding made for another patch grid, resized to this layer's grid.
-
-        `embedding` is [1, P + Hs * Ws, D] for `source_grid_size` (Hs, Ws); the P prefix rows
-        are kept, the grid is interpolated (`"bilinear"` as the original ViT code,
-        `"bicubic"` as timm). Square and non-square grids alike.
-        """
-        resized = resize_position_embedding(
-            embedding, source_grid_size, self.grid_size, self.num_prefix_tokens, method
-        )
-        self.embedding.assign(resized)
 
     def get_config(self):
         return {**super().get_config(), "grid_size": self.grid_size, "num_prefix_tokens": self.num_prefix_tokens}

@@ -1,33 +1,16 @@
-"""The functional ViT builder and the named variants (ViTTi16 ... ViTH14)."""
+"""The Vision Transformer model: `ViTModel` (a functional `keras.Model` that carries its
+`ViTConfig`), the `VisionTransformer` builder and the named variants (ViTTi16 ... ViTH14)."""
 
 import keras
 import numpy as np
 
 from keras_vit import layers
 from keras_vit.config import MODEL_SIZES, VARIANTS, ViTConfig
+from keras_vit.weights import config_for_checkpoint, load_checkpoint, match_variant, read_checkpoint, resolve_weights
 
 
-def build_vit(config, input_tensor=None, name="vit"):
-    """Builds a functional `keras.Model` from a `ViTConfig`.
-
-    Input: images [B, H, W, C], already normalised (see `keras_vit.preprocess_input`).
-    Output, with `include_top`: [B, num_classes] (float32 logits, or probabilities with
-    `classifier_activation="softmax"`). Without: [B, D] pooled features (through the
-    representation layer when there is one), or [B, T, D] tokens when `pooling=None`.
-
-    Layer names are stable (the checkpoint mappings rely on them): `patch_embedding`,
-    `class_token`, `position_embedding`, `encoder_block_{i}`, `encoder_norm`, `pooling`,
-    `pre_logits`, `head`. With `pooling="token"` the last block outputs the class token
-    alone, [B, 1, D]; build with `pooling=None` to read every token of every block.
-    """
-    c = config
-    if input_tensor is None:
-        inputs = keras.Input(shape=(*c.image_size, c.num_channels), name="images")
-    else:
-        inputs = input_tensor
-        if tuple(inputs.shape[1:3]) != c.image_size:
-            raise ValueError(f"input_tensor shape {inputs.shape} does not match image_size {c.image_size}.")
-
+def _vit_outputs(c, inputs):
+    """The layers of the ViT of config `c` applied to `inputs` [B, H, W, C] (see `ViTModel`)."""
     x = layers.PatchEmbedding(c.patch_size, c.hidden_dim, name="patch_embedding")(inputs)
     if c.class_token:
         x = layers.ClassToken(name="class_token")(x)
@@ -37,7 +20,7 @@ def build_vit(config, input_tensor=None, name="vit"):
     # Stochastic depth grows linearly with depth, 0 for the first block (as in timm/DeiT).
     drop_path_rates = np.linspace(0.0, c.drop_path_rate, c.num_layers)
     # With class-token pooling nothing reads the other tokens after the last attention, so
-    # the last block computes only the class token's output (12 blocks: about 7% less work).
+    # the last block computes only the class token's output.
     class_token_only = c.pooling == "token"
     for i in range(c.num_layers):
         x = layers.TransformerBlock(
@@ -63,7 +46,66 @@ def build_vit(config, input_tensor=None, name="vit"):
         x = keras.layers.Dense(c.num_classes, kernel_initializer="zeros", dtype="float32", name="head")(x)
         if c.classifier_activation is not None:
             x = keras.layers.Activation(c.classifier_activation, dtype="float32", name="predictions")(x)
-    return keras.Model(inputs, x, name=name)
+    return x
+
+
+@layers.register
+class ViTModel(keras.Model):
+    """A Vision Transformer (Dosovitskiy et al., 2021): a functional `keras.Model` that keeps
+    the `ViTConfig` it was built from, as keras-hub's `Backbone` keeps its arguments.
+
+    `model.vit_config` is that config: every architecture option (those a checkpoint decided
+    too), the preprocessing its inputs need and its label set. It survives `.keras`
+    save/load (also with `safe_mode=True`), so nothing has to read a model's architecture
+    back from its kernel shapes or layer names.
+
+    Input: images [B, H, W, C], already normalised (see `keras_vit.preprocess_input` and
+    `vit_config.preprocessing`). Output, with `include_top`: [B, num_classes] (float32
+    logits, or probabilities with `classifier_activation="softmax"`). Without: [B, D]
+    pooled features (through the representation layer when there is one), or [B, T, D]
+    tokens when `pooling=None`.
+
+    Layer names are stable (the checkpoint mappings rely on them): `patch_embedding`,
+    `class_token`, `position_embedding`, `encoder_block_{i}`, `encoder_norm`, `pooling`,
+    `pre_logits`, `head`. With `pooling="token"` the last block outputs the class token
+    alone, [B, 1, D]; build with `pooling=None` to read every token of every block.
+    """
+
+    def __init__(self, config, input_tensor=None, **kwargs):
+        config = config if isinstance(config, ViTConfig) else ViTConfig.from_dict(config)
+        if input_tensor is None:
+            inputs = keras.Input(shape=(*config.image_size, config.num_channels), name="images")
+        else:
+            inputs = input_tensor
+            if tuple(inputs.shape[1:3]) != config.image_size:
+                raise ValueError(f"input_tensor shape {inputs.shape} does not match image_size {config.image_size}.")
+        super().__init__(inputs=inputs, outputs=_vit_outputs(config, inputs), **kwargs)
+        self.vit_config = config
+
+    def no_weight_decay(self):
+        """The trainable variables weight decay should skip (as timm's `no_weight_decay`):
+        every bias and normalisation scale (rank <= 1), the class token and the position
+        embedding."""
+        skipped = [
+            variable
+            for layer in self.layers
+            if isinstance(layer, (layers.ClassToken, layers.PositionEmbedding))
+            for variable in layer.trainable_variables
+        ]
+        skipped += [v for v in self.trainable_variables if len(v.shape) <= 1]
+        return list({id(v): v for v in skipped}.values())
+
+    def get_config(self):
+        return {"config": self.vit_config.to_dict(), "name": self.name, "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+
+def build_vit(config, input_tensor=None, name="vit"):
+    """The `ViTModel` of a `ViTConfig` (randomly initialised)."""
+    return ViTModel(config, input_tensor=input_tensor, name=name)
 
 
 class _FromWeights:
@@ -75,6 +117,8 @@ class _FromWeights:
 
 
 FROM_WEIGHTS = _FromWeights()
+# Options a checkpoint (or its source's rules) decides unless the caller passes them.
+_CHECKPOINT_DECIDES = ("gelu_approximate", "layer_norm_epsilon")
 
 
 def _resolve_image_size(image_size, input_shape, default):
@@ -86,6 +130,15 @@ def _resolve_image_size(image_size, input_shape, default):
             raise ValueError(f"image_size {image_size!r} and input_shape {input_shape!r} disagree.")
         return shape_size, input_shape[2]
     return (default if image_size is None else image_size), 3
+
+
+def _build_with_weights(config, weights, explicit, input_tensor, name):
+    """Reads the checkpoint, lets it decide the options not in `explicit`, builds, loads."""
+    variant = match_variant(config.hidden_dim, config.num_layers, config.num_heads, config.mlp_dim, config.patch_size)
+    checkpoint = read_checkpoint(resolve_weights(weights, variant))
+    config = config_for_checkpoint(config, checkpoint, explicit)
+    model = build_vit(config, input_tensor=input_tensor, name=name)
+    return load_checkpoint(model, checkpoint)
 
 
 def VisionTransformer(
@@ -109,7 +162,7 @@ def VisionTransformer(
     input_tensor=None,
     **options,
 ):
-    """A Vision Transformer (Dosovitskiy et al., 2021) as a functional `keras.Model`.
+    """A Vision Transformer (Dosovitskiy et al., 2021) as a `ViTModel` (a functional `keras.Model`).
 
     Args:
         image_size: int or (height, width); every side a multiple of `patch_size`.
@@ -136,12 +189,10 @@ def VisionTransformer(
         input_shape: (height, width, channels), an alternative to `image_size`.
         input_tensor: an existing Keras tensor to use as the model's input.
         **options: further `ViTConfig` fields: `class_token`, `num_channels`,
-            `gelu_approximate`, `layer_norm_epsilon`.
+            `gelu_approximate`, `layer_norm_epsilon`, `preprocessing`, `labels`.
     """
-    explicit = {key for key in ("gelu_approximate", "layer_norm_epsilon") if key in options}
+    explicit = {key for key in _CHECKPOINT_DECIDES if key in options}
     explicit |= {key for key, value in (("num_classes", num_classes), ("representation_size", representation_size)) if value is not FROM_WEIGHTS}
-    num_classes = 1000 if num_classes is FROM_WEIGHTS else num_classes
-    representation_size = None if representation_size is FROM_WEIGHTS else representation_size
     size, channels = _resolve_image_size(image_size, input_shape, 224)
     config = ViTConfig(
         image_size=size,
@@ -150,10 +201,10 @@ def VisionTransformer(
         num_layers=num_layers,
         num_heads=num_heads,
         mlp_dim=mlp_dim,
-        num_classes=num_classes,
+        num_classes=1000 if num_classes is FROM_WEIGHTS else num_classes,
         include_top=include_top,
         pooling=pooling,
-        representation_size=representation_size,
+        representation_size=None if representation_size is FROM_WEIGHTS else representation_size,
         dropout_rate=dropout_rate,
         attention_dropout_rate=attention_dropout_rate,
         drop_path_rate=drop_path_rate,
@@ -161,54 +212,114 @@ def VisionTransformer(
         **{"num_channels": channels, **options},
     )
     if weights is not None:
-        from keras_vit.weights import SOURCE_DECIDED_FIELDS, build_with_weights
-
-        from_weights = tuple(key for key in SOURCE_DECIDED_FIELDS if key not in explicit)
-        return build_with_weights(config, weights, input_tensor=input_tensor, name=name, from_weights=from_weights)
+        return _build_with_weights(config, weights, explicit, input_tensor, name)
     return build_vit(config, input_tensor=input_tensor, name=name)
 
 
-def _make_variant(variant):
+# ----------------------------------------------------------------------------- variants
+
+_VARIANT_DOCSTRING = """ViT-{size}/{patch} ({hidden_dim} wide, {num_layers} blocks, {num_heads} heads, MLP {mlp_dim}, patch {patch}).
+
+Same signature as the `keras.applications` builders; returns a `ViTModel`.
+
+Args:
+    include_top: with the classifier; without it the model returns features.
+    weights: None, a checkpoint path or URL, or a weights name of this variant
+        (`keras_vit.weights.available_weights("{variant}")`).
+    input_shape: (height, width, channels), or use `image_size`.
+    image_size: int or (height, width), multiples of {patch}; default 224.
+    pooling: "token", "gap", or None (token sequence, with include_top=False).
+    num_classes: classifier outputs; default 1000, or the classifier of `weights`.
+    classifier_activation: None for logits, or e.g. "softmax".
+    name: the model's name.
+    input_tensor: an existing Keras tensor to use as the input.
+    **overrides: any other `VisionTransformer` keyword (e.g. `drop_path_rate`).
+"""
+
+
+def _variant(variant, include_top, weights, input_shape, image_size, pooling, num_classes, classifier_activation, name, input_tensor, overrides):
     size, patch = VARIANTS[variant]
-
-    def builder(
-        include_top=True,
-        weights=None,
-        input_shape=None,
-        image_size=None,
-        pooling="token",
-        num_classes=FROM_WEIGHTS,
-        classifier_activation=None,
-        name=variant,
-        input_tensor=None,
-        **overrides,
-    ):
-        overrides = {**MODEL_SIZES[size], "patch_size": patch, **overrides}
-        resolved_size, channels = _resolve_image_size(image_size, input_shape, 224)
-        return VisionTransformer(
-            image_size=resolved_size,
-            num_classes=num_classes,
-            include_top=include_top,
-            pooling=pooling,
-            classifier_activation=classifier_activation,
-            name=name,
-            weights=weights,
-            input_tensor=input_tensor,
-            **{"num_channels": channels, **overrides},
-        )
-
-    builder.__name__ = builder.__qualname__ = variant
-    builder.__doc__ = (
-        f"ViT-{size}/{patch}: {VisionTransformer.__doc__.splitlines()[0]}\n\n"
-        "Same signature as `keras.applications` builders: `include_top`, `weights`, "
-        "`input_shape` or `image_size` (default 224), `pooling`, `num_classes`, "
-        "`classifier_activation`, plus any `VisionTransformer` keyword as an override. "
-        "`num_classes` defaults to 1000, or to the classifier of `weights`."
+    resolved_size, channels = _resolve_image_size(image_size, input_shape, 224)
+    options = {**MODEL_SIZES[size], "patch_size": patch, "num_channels": channels, **overrides}
+    return VisionTransformer(
+        image_size=resolved_size,
+        num_classes=num_classes,
+        include_top=include_top,
+        pooling=pooling,
+        classifier_activation=classifier_activation,
+        name=name,
+        weights=weights,
+        input_tensor=input_tensor,
+        **options,
     )
-    return builder
 
 
-VARIANT_BUILDERS = {variant: _make_variant(variant) for variant in VARIANTS}
+def ViTTi16(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+            num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTTi16", input_tensor=None, **overrides):
+    return _variant("ViTTi16", include_top, weights, input_shape, image_size, pooling, num_classes,
+                    classifier_activation, name, input_tensor, overrides)
+
+
+def ViTS16(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+           num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTS16", input_tensor=None, **overrides):
+    return _variant("ViTS16", include_top, weights, input_shape, image_size, pooling, num_classes,
+                    classifier_activation, name, input_tensor, overrides)
+
+
+def ViTS32(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+           num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTS32", input_tensor=None, **overrides):
+    return _variant("ViTS32", include_top, weights, input_shape, image_size, pooling, num_classes,
+                    classifier_activation, name, input_tensor, overrides)
+
+
+def ViTB8(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+          num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTB8", input_tensor=None, **overrides):
+    return _variant("ViTB8", include_top, weights, input_shape, image_size, pooling, num_classes,
+                    classifier_activation, name, input_tensor, overrides)
+
+
+def ViTB16(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+           num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTB16", input_tensor=None, **overrides):
+    return _variant("ViTB16", include_top, weights, input_shape, image_size, pooling, num_classes,
+                    classifier_activation, name, input_tensor, overrides)
+
+
+def ViTB32(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+           num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTB32", input_tensor=None, **overrides):
+    return _variant("ViTB32", include_top, weights, input_shape, image_size, pooling, num_classes,
+                    classifier_activation, name, input_tensor, overrides)
+
+
+def ViTL16(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+           num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTL16", input_tensor=None, **overrides):
+    return _variant("ViTL16", include_top, weights, input_shape, image_size, pooling, num_classes,
+                    classifier_activation, name, input_tensor, overrides)
+
+
+def ViTL32(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+           num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTL32", input_tensor=None, **overrides):
+    return _variant("ViTL32", include_top, weights, input_shape, image_size, pooling, num_classes,
+                    classifier_activation, name, input_tensor, overrides)
+
+
+def ViTH14(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+           num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTH14", input_tensor=None, **overrides):
+    return _variant("ViTH14", include_top, weights, input_shape, image_size, pooling, num_classes,
+                    classifier_activation, name, input_tensor, overrides)
+
+
+VARIANT_BUILDERS = {
+    builder.__name__: builder for builder in (ViTTi16, ViTS16, ViTS32, ViTB8, ViTB16, ViTB32, ViTL16, ViTL32, ViTH14)
+}
+
+
+def _document(builder):
+    size, patch = VARIANTS[builder.__name__]
+    builder.__doc__ = _VARIANT_DOCSTRING.format(variant=builder.__name__, size=size, patch=patch, **MODEL_SIZES[size])
+
+
+for _builder in VARIANT_BUILDERS.values():
+    _document(_builder)
 
 
 def create_model(variant, **kwargs):

@@ -9,17 +9,16 @@ an exponential moving average of the weights (`QUICKSTART_OPTIONS`): `keras-vit 
 """
 
 import argparse
+import json
 import pathlib
 import sys
 import time
 
-# On top of TrainConfig's defaults: the weights' EMA steadies the final model's accuracy
-# (98.3-98.9% over seeds, against 97.5-99.2% without it).
+from keras_vit import console
+
+# On top of TrainConfig's defaults: a moving average of the weights steadies the run's
+# accuracy over seeds (docs/benchmarks.md, "Quickstart").
 QUICKSTART_OPTIONS = {"ema_momentum": 0.998}
-
-
-def log(message):
-    print(f"[keras-vit quickstart] {message}", file=sys.stderr, flush=True)
 
 
 def main(argv=None):
@@ -28,6 +27,7 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     parser.add_argument("--epochs", type=int, help="override the default number of epochs")
     parser.add_argument("--skip-export", action="store_true", help="train only")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log lines")
     args = parser.parse_args(argv)
 
     from keras_vit.training.config import TrainConfig
@@ -41,23 +41,29 @@ def main(argv=None):
     try:
         result = train(TrainConfig(**options))
     except ValueError as error:
-        print(f"keras-vit quickstart: error: {error}", file=sys.stderr)
+        console.error("quickstart", error)
         return 2
     train_seconds = time.perf_counter() - start
 
-    export_status = "skipped (--skip-export)"
+    export_status, export_accuracy = "skipped (--skip-export)", None
     if not args.skip_export:
-        log("exporting the trained model")
+        console.log("quickstart", "exporting the trained model")
         from keras_vit.export import cli as export_cli
 
         code = export_cli.main([str(run_dir), "--out", str(run_dir / "export")])
         export_status = f"written to {run_dir / 'export'}" if not code else f"failed (exit status {code})"
+        report_path = run_dir / "export" / "export_report.json"
+        if report_path.is_file():
+            keras_row = json.loads(report_path.read_text())["artifacts"][0]
+            export_accuracy = keras_row["accuracy"]
 
     metrics = result["metrics"]
+    exported = "" if export_accuracy is None else f"; the exported model measured {export_accuracy:.4f} in the export"
     print(
         "\nQuickstart summary\n"
         f"  run folder:     {run_dir}\n"
-        f"  test accuracy:  {metrics['test_accuracy']:.4f} on {metrics['num_test']} held-out digits (final.keras)\n"
+        f"  model:          {run_dir / metrics['model']} (epoch {metrics['chosen_epoch']}, {metrics['chosen_by']})\n"
+        f"  test accuracy:  {metrics['test_accuracy']:.4f} on {metrics['num_test']} held-out digits{exported}\n"
         f"  training time:  {train_seconds:.0f} s ({metrics['train_images_per_second']:.0f} images/s)\n"
         f"  export:         {export_status}\n"
         f"  total time:     {time.perf_counter() - start:.0f} s"

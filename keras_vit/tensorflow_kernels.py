@@ -3,7 +3,7 @@
 Without XLA, TensorFlow runs every element-wise op of a graph as its own kernel, one pass
 over memory each. The exact GELU and its gradient are about ten such passes over the
 largest activation of a block ([B * T, mlp_dim]); compiled with XLA each direction is one
-fused kernel, about 5% less time per ViT-Ti training step on CPU (`benchmarks/run.py`).
+fused kernel (the gain is measured in `docs/benchmarks.md`).
 
 Only `training=True` calls come here: the model's inference graph, and so every export,
 keeps the `keras.ops` spelling in `keras_vit.layers`, which other backends use throughout.
@@ -24,7 +24,7 @@ def gelu_exact(x):
 def _compiled_gelu():
     import tensorflow as tf
 
-    from keras_vit.layers import INV_SQRT_2, INV_SQRT_2PI  # here: layers imports this module
+    from keras_vit.activations import INV_SQRT_2, INV_SQRT_2PI
 
     # reduce_retracing: one compiled function per rank, whatever the batch size.
     @tf.function(jit_compile=True, reduce_retracing=True)

@@ -107,7 +107,7 @@ def test_multi_worker_two_processes(tmp_path):
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["replicas"] == 2 and metrics["strategy"] == "multi_worker"
-    assert {"best.keras", "final.keras", "history.csv", "dataset.json"} <= {p.name for p in run.iterdir()}
+    assert {"model.keras", "history.csv", "dataset.json"} <= {p.name for p in run.iterdir()}
     assert "non-chief worker: writes no files" in outputs[1]
     # Only the chief wrote: no stray worker files in the run folder or next to it.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "worker_0.npz", "worker_1.npz"]

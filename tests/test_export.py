@@ -15,23 +15,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TINY, perturb, tiny_vit
 
 import keras_vit
-from keras_vit.export import bench_runners, cli, onnx_export, pipeline, saved_model, source, tflite, verify
-from keras_vit.training.data import load_images
+from keras_vit import datasets
+from keras_vit.export import bench_runners, cli, formats, onnx_export, pipeline, saved_model, source, tflite, verify
 
-IMAGE_SIZE = 16
-TINY = dict(image_size=IMAGE_SIZE, patch_size=4, hidden_dim=32, num_layers=1, num_heads=4, mlp_dim=64, num_classes=10)
+IMAGE_SIZE = TINY["image_size"]
 VENV_BIN = pathlib.Path(sys.executable).parent
-
-
-def tiny_vit(seed=0, **overrides):
-    """A tiny ViT with a random (not zero) head, so that its logits differ per image."""
-    keras.utils.set_random_seed(seed)
-    model = keras_vit.VisionTransformer(**{**TINY, **overrides})
-    head = model.get_layer("head")
-    head.kernel.assign(np.random.default_rng(seed).normal(0, 0.3, head.kernel.shape).astype("float32"))
-    return model
 
 
 @pytest.fixture(scope="session")
@@ -93,16 +84,27 @@ def test_tflite_models_use_builtin_ops_only_and_resize_batch(tiny_export, tiny_m
     x = keras_vit.preprocess_input(images).numpy()
     expected = model(x, training=False).numpy()
     for quantization in ("none", "float16"):
-        path = out / tflite.FILE_NAMES[quantization]
+        path = out / formats.TFLITE_FILE_NAMES[quantization]
         content = path.read_bytes()
         assert tflite.non_builtin_ops(content) == []
-        assert not any(op.startswith("Flex") for op in tflite.op_names(content))
         run = tflite.load_runner(path)
         for batch in (1, 8, 3):
             logits = run(x[:batch])
             assert logits.shape == (batch, 10)
             if quantization == "none":
                 np.testing.assert_allclose(logits, expected[:batch], atol=1e-4)
+
+
+def test_non_builtin_ops_finds_flex_ops():
+    """The check above can fail: a graph that needs TensorFlow's own kernels (Flex) is caught."""
+
+    @tf.function(input_signature=[tf.TensorSpec([4], tf.string)], autograph=False)
+    def string_length(text):
+        return tf.strings.length(text)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([string_length.get_concrete_function()])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    assert tflite.non_builtin_ops(converter.convert()) == ["CUSTOM:FlexStringLength"]
 
 
 @pytest.mark.parametrize("pooling", ["token", "gap"])
@@ -193,7 +195,7 @@ def test_every_gelu_exports_to_onnx_and_tflite(gelu, monkeypatch):
     TF op Erfc that tf2onnx cannot convert by itself."""
     if gelu == "tf_nn_gelu_exact":
         monkeypatch.setattr(keras_vit.layers, "gelu", lambda x, approximate=False, training=False: keras.ops.gelu(x, approximate=False))
-    model = tiny_vit(gelu_approximate=(gelu == "approximate"))
+    model = tiny_vit(num_layers=1, gelu_approximate=(gelu == "approximate"))
     graph_ops = {node.op for node in tflite.frozen_function(model).graph.as_graph_def().node}
     assert ("Erfc" in graph_ops) == (gelu == "tf_nn_gelu_exact")
 
@@ -211,14 +213,8 @@ def test_every_gelu_exports_to_onnx_and_tflite(gelu, monkeypatch):
     np.testing.assert_allclose(interpreter_run(x), expected, atol=1e-4)
 
 
-def trained_like_vit(num_layers=2, **overrides):
-    """A tiny ViT whose every weight is perturbed (non-zero biases and LayerNorm betas,
-    gammas != 1), as in a trained model: tf2onnx folds away zero biases, which changes the graph."""
-    model = tiny_vit(num_layers=num_layers, **overrides)
-    rng = np.random.default_rng(1)
-    for weight in model.weights:
-        weight.assign(weight.numpy() + rng.normal(0, 0.1, weight.shape).astype("float32"))
-    return model
+def trained_like_vit(**overrides):
+    return perturb(tiny_vit(**overrides))
 
 
 def op_counts(proto):
@@ -239,7 +235,7 @@ def test_optimized_onnx_fuses_attention_layer_norm_and_gelu(gelu, weights, pooli
     (no Attention pattern: its one Softmax stays). The fused graph still matches Keras."""
     approximate = gelu == "approximate"
     overrides = dict(gelu_approximate=approximate, pooling=pooling)
-    model = trained_like_vit(**overrides) if weights == "trained_like" else tiny_vit(num_layers=2, **overrides)
+    model = trained_like_vit(**overrides) if weights == "trained_like" else tiny_vit(**overrides)
     proto = onnx_export.convert(model)
     fused, fused_ops = onnx_export.optimize(proto)
     attention = 2 if pooling == "gap" else 1
@@ -296,7 +292,7 @@ def test_onnx_conversion_runs_tf2onnx_optimizers_in_place_and_restores_the_envir
 def test_pipeline_reports_the_optimized_onnx_and_its_fusions(tiny_export):
     out, report = tiny_export
     row = rows_by_name(report)["onnx_optimized"]
-    assert row["passed"] and row["path"] == onnx_export.OPTIMIZED_FILE_NAME and (out / row["path"]).exists()
+    assert row["passed"] and row["path"] == formats.ONNX_OPTIMIZED_FILE_NAME and (out / row["path"]).exists()
     assert row["max_abs_diff"] <= 1e-4 and row["checked_batch_sizes"] == [1, 8]
     assert {"com.microsoft:Attention", "com.microsoft:Gelu", "LayerNormalization"} <= set(row["ops"])
     assert "GlobalAveragePool" not in row["ops"]
@@ -351,8 +347,8 @@ def test_failed_check_exits_nonzero_and_leaves_no_artifact(tiny_model_file, tmp_
     code = cli.main([str(tiny_model_file), "--formats", "tflite", "--quantize", "none,float16", "--out", str(out), "--latency-repeats", "1"])
     assert code == 1
     assert "failed verification" in capsys.readouterr().err
-    assert (out / tflite.FILE_NAMES["none"]).exists()
-    assert not (out / tflite.FILE_NAMES["float16"]).exists()
+    assert (out / formats.TFLITE_FILE_NAMES["none"]).exists()
+    assert not (out / formats.TFLITE_FILE_NAMES["float16"]).exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
     assert not [p for p in tmp_path.iterdir() if p.name != "out"]
     report = json.loads((out / "export_report.json").read_text())
@@ -364,7 +360,7 @@ def test_failed_check_exits_nonzero_and_leaves_no_artifact(tiny_model_file, tmp_
 def test_reexport_replaces_an_earlier_export(tiny_model_file, tmp_path):
     out = tmp_path / "out"
     pipeline.export(tiny_model_file, out, formats="tflite", quantizations="none,float16", latency_repeats=1)
-    assert (out / tflite.FILE_NAMES["float16"]).exists()
+    assert (out / formats.TFLITE_FILE_NAMES["float16"]).exists()
     pipeline.export(tiny_model_file, out, formats="onnx", latency_repeats=1)
     assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "export_report.md", "model.onnx", "model_optimized.onnx"]
 
@@ -382,9 +378,12 @@ def test_missing_file_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "does not exist" in err and "Traceback" not in err
 
 
-def test_folder_without_best_keras_is_a_clear_error(tmp_path, capsys):
+def test_folder_that_is_not_a_run_folder_is_a_clear_error(tmp_path, capsys):
     code, err = run_cli([tmp_path], capsys)
     assert code == 2 and "not a training run folder" in err
+    (tmp_path / "dataset.json").write_text("{}")
+    code, err = run_cli([tmp_path], capsys)
+    assert code == 2 and "without its model model.keras" in err
 
 
 def test_non_keras_vit_model_is_refused(tmp_path, capsys):
@@ -392,6 +391,14 @@ def test_non_keras_vit_model_is_refused(tmp_path, capsys):
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(path)
     code, err = run_cli([path, "--out", tmp_path / "out"], capsys)
     assert code == 2 and "is not a keras_vit model" in err
+    features = tmp_path / "features.keras"
+    tiny_vit(include_top=False).save(features)
+    code, err = run_cli([features, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "include_top=False" in err
+    probabilities = tmp_path / "probabilities.keras"
+    tiny_vit(classifier_activation="softmax").save(probabilities)
+    code, err = run_cli([probabilities, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "classifier_activation='softmax'" in err
 
 
 def test_file_that_is_not_a_keras_archive_is_refused(tmp_path, capsys):
@@ -426,7 +433,6 @@ def test_out_folder_with_other_files_is_refused(tiny_model_file, tmp_path, capsy
 
 
 def test_cli_defaults_cover_every_format_and_quantization():
-    assert cli.FORMATS == pipeline.FORMATS and cli.QUANTIZATIONS == pipeline.QUANTIZATIONS
     args = cli.build_parser().parse_args(["run"])
     assert args.formats == "saved_model,tflite,onnx" and args.quantize == "none,float16,dynamic,int8"
     assert cli.default_out(pathlib.Path("model.keras")) == pathlib.Path("model_export")
@@ -435,25 +441,16 @@ def test_cli_defaults_cover_every_format_and_quantization():
 # ----------------------------------------------------------------------------- digits (slow)
 
 
-def digits_facts():
-    return {
-        "source": "digits",
-        "name": "digits",
-        "class_names": [str(i) for i in range(10)],
-        "image_size": [IMAGE_SIZE, IMAGE_SIZE],
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.5, 0.5, 0.5],
-    }
-
-
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
-    """A run folder written by hand: a tiny ViT trained ~20 s on the digits."""
-    facts = digits_facts()
-    images, labels = source.dataset_images(facts, "train")
-    test_images, test_labels = source.dataset_images(facts, "test")
+    """A run folder written by hand: a tiny ViT trained ~20 s on the digits (train split),
+    saved as the run's model.keras, with its dataset facts and test accuracy."""
+    facts = datasets.resolve_dataset("digits")
+    size = (IMAGE_SIZE, IMAGE_SIZE)
+    images, labels = datasets.load_images(facts, "train", size)
+    test_images, test_labels = datasets.load_images(facts, "test", size)
     keras.utils.set_random_seed(0)
-    model = keras_vit.VisionTransformer(**TINY)
+    model = keras_vit.VisionTransformer(**TINY, labels=facts["class_names"])
     model.compile(
         keras.optimizers.AdamW(3e-3, weight_decay=1e-4),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -462,9 +459,9 @@ def digits_run(tmp_path_factory):
     model.fit(keras_vit.preprocess_input(images).numpy(), labels, batch_size=32, epochs=20, verbose=0)
     accuracy = float(np.mean(model.predict(keras_vit.preprocess_input(test_images).numpy(), verbose=0).argmax(-1) == test_labels))
     run = tmp_path_factory.mktemp("digits_run")
-    model.save(run / "best.keras")
+    model.save(run / "model.keras")
     (run / "dataset.json").write_text(json.dumps(facts))
-    (run / "metrics.json").write_text(json.dumps({"test_accuracy": accuracy}))
+    (run / "metrics.json").write_text(json.dumps({"model": "model.keras", "test_accuracy": accuracy}))
     return run
 
 
@@ -478,30 +475,35 @@ def test_default_command_exports_digits_run_with_int8_within_bounds(digits_run, 
     rows = rows_by_name(report)
     assert set(rows) == {"keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8", "onnx", "onnx_optimized"}
     assert report["verification_data"] == {"description": "the test split of digits", "num_images": 360, "labelled": True}
+    # The report is about the run's model, and its Keras row measures metrics.json's figure.
+    metrics = json.loads((digits_run / "metrics.json").read_text())
+    assert report["model"] == metrics["model"] == "model.keras"
     keras_accuracy = rows["keras"]["accuracy"]
-    assert keras_accuracy == pytest.approx(json.loads((digits_run / "metrics.json").read_text())["test_accuracy"], abs=1e-6)
+    assert keras_accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     assert keras_accuracy > 0.85
     for name in ("saved_model", "tflite_float32", "onnx", "onnx_optimized"):
         assert rows[name]["max_abs_diff"] <= 1e-4
     # float16: 1e-2 of the logit scale (weight rounding alone costs ~2e-3 of it, see verify.py).
     facts = json.loads((digits_run / "dataset.json").read_text())
-    images, _ = load_images(facts, "test")
-    keras_logits = keras.saving.load_model(digits_run / "best.keras").predict(keras_vit.preprocess_input(images, facts["mean"], facts["std"]), verbose=0)
+    images, _ = datasets.load_images(facts, "test", (IMAGE_SIZE, IMAGE_SIZE))
+    keras_logits = keras.saving.load_model(digits_run / "model.keras").predict(keras_vit.preprocess_input(images), verbose=0)
     assert rows["tflite_float16"]["max_abs_diff"] <= 1e-2 * max(1.0, np.abs(keras_logits).max())
     for name in ("tflite_dynamic", "tflite_int8"):
         assert rows[name]["top1_agreement"] >= 0.98
         assert abs(rows[name]["accuracy"] - keras_accuracy) <= 0.01
     assert rows["tflite_int8"]["details"]["tensor_dtypes"].get("int8", 0) > rows["tflite_int8"]["details"]["tensor_dtypes"]["float32"]
     assert report["calibration_data"]["description"] == "the train split of digits"
+    assert report["class_names"] == [str(i) for i in range(10)]
     assert "| tflite_int8 | int8 |" in printed  # the table is printed
 
 
 @pytest.mark.slow
 def test_bare_keras_file_int8_with_calibration_images(digits_run, tmp_path):
-    images, _ = source.dataset_images(digits_facts(), "train", limit=120)
+    facts = json.loads((digits_run / "dataset.json").read_text())
+    images, _ = datasets.load_images(facts, "train", (IMAGE_SIZE, IMAGE_SIZE), limit=120)
     np.save(tmp_path / "calibration.npy", images)
     report = pipeline.export(
-        digits_run / "best.keras", tmp_path / "out", formats="tflite", quantizations="int8",
+        digits_run / "model.keras", tmp_path / "out", formats="tflite", quantizations="int8",
         calibration=tmp_path / "calibration.npy", latency_repeats=1,
     )
     assert report["passed"]

@@ -5,17 +5,12 @@ import math
 import keras
 import numpy as np
 import pytest
+from conftest import randomise
 
 from keras_vit import layers
 from keras_vit.resize import resize_position_embedding
 
 RNG = np.random.RandomState(0)
-
-
-def randomise(layer, scale=0.2, seed=0):
-    rng = np.random.RandomState(seed)
-    for w in layer.weights:
-        w.assign(rng.normal(0, scale, w.shape).astype("float32"))
 
 
 def np_layer_norm(x, gamma, beta, eps=1e-6):
@@ -103,14 +98,12 @@ def test_bicubic_resize_matches_pil_antialiased_bicubic_as_in_timm(target):
         np.testing.assert_allclose(resized[0, :, channel].reshape(target), np.asarray(image), atol=1e-4)
 
 
-def test_position_embedding_assign_resized_keeps_same_grid_unchanged_and_rejects_unknown_method():
-    layer = layers.PositionEmbedding((3, 3), num_prefix_tokens=1)
-    layer.build((None, 10, 4))
+def test_resize_to_the_same_grid_is_the_identity_and_unknown_methods_are_refused():
     values = RNG.normal(size=(1, 10, 4)).astype("float32")
-    layer.assign_resized(values, (3, 3), method="bicubic")
-    np.testing.assert_allclose(layer.embedding.numpy(), values, atol=1e-6)
+    for method in ("bilinear", "bicubic"):
+        np.testing.assert_allclose(resize_position_embedding(values, (3, 3), (3, 3), 1, method), values, atol=1e-6)
     with pytest.raises(ValueError, match="Unknown resize method"):
-        layer.assign_resized(values, (3, 3), method="nearest")
+        resize_position_embedding(values, (3, 3), (4, 4), 1, method="nearest")
 
 
 def test_self_attention_matches_numpy_reference():
@@ -244,6 +237,7 @@ def test_layer_norm_has_the_value_and_gradient_of_keras_layer_norm():
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`, which is deprecated:UserWarning")  # Keras' own, the option refused
 @pytest.mark.parametrize("option", [dict(axis=1), dict(center=False), dict(scale=False), dict(rms_scaling=True)])
 def test_layer_norm_refuses_options_it_does_not_compute(option):
     with pytest.raises(ValueError, match="last axis with both gamma and beta"):
@@ -254,9 +248,9 @@ def test_layer_norm_refuses_options_it_does_not_compute(option):
 def test_training_gelu_has_the_value_and_gradient_of_the_exact_formula(training_gelu):
     # "backend": what training runs here (TensorFlow: the XLA kernels); "keras_ops": the
     # custom-gradient spelling every other backend runs.
-    from keras_vit.layers import _gelu_exact
+    from keras_vit.activations import gelu_for_training
 
-    gelu = (lambda t: layers.gelu(t, training=True)) if training_gelu == "backend" else _gelu_exact
+    gelu = (lambda t: layers.gelu(t, training=True)) if training_gelu == "backend" else gelu_for_training
     x = RNG.normal(0.0, 3.0, size=(4, 7)).astype("float32")
     ours = _value_and_gradients(gelu, x)
     theirs = _value_and_gradients(lambda t: layers.gelu(t, training=False), x)

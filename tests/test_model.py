@@ -5,11 +5,11 @@ import re
 import keras
 import numpy as np
 import pytest
+from conftest import TINY, randomise
 
 import keras_vit
 from keras_vit.config import VARIANTS
 
-TINY = dict(image_size=32, patch_size=4, hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64, num_classes=10)
 IMAGES = np.random.RandomState(0).uniform(-1, 1, (4, 32, 32, 3)).astype("float32")
 
 # Published parameter counts at 224x224 with 1000 classes (timm / the ViT and DeiT papers).
@@ -27,13 +27,8 @@ PUBLISHED_PARAMETERS = {
 
 
 def tiny(**overrides):
-    return keras_vit.VisionTransformer(**{**TINY, **overrides})
-
-
-def randomise(model, seed, scale=0.2):
-    """Every weight drawn from N(0, scale): non-zero heads, biases and class tokens."""
-    for w in model.weights:
-        w.assign(np.random.RandomState(seed).normal(0, scale, w.shape).astype("float32"))
+    """The shared tiny architecture at 32 px (64 patches)."""
+    return keras_vit.VisionTransformer(**{**TINY, "image_size": 32, **overrides})
 
 
 @pytest.mark.parametrize("variant", sorted(PUBLISHED_PARAMETERS))
@@ -148,6 +143,7 @@ def test_token_pooling_model_gives_the_logits_and_gradients_of_the_whole_token_s
         np.testing.assert_allclose(tape.gradient(loss, w), expected, atol=1e-5, err_msg=w.path)
 
 
+@pytest.mark.filterwarnings("ignore:Layer .* does not have a `quantize` method implemented:UserWarning")  # Keras' notice per layer
 def test_int8_quantized_model_keeps_its_outputs():
     """`Model.quantize("int8")` (Keras' weight-only int8): the class-token last block then
     projects through the quantized `qkv` layer, not its raw int8 kernel."""
@@ -221,4 +217,76 @@ def test_readme_usage_example_runs_as_written():
     readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
     example = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     assert "keras_vit.ViTB16(num_classes=100)" in example
-    exec(compile(example, "README.md", "exec"), {})
+    namespace = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert namespace["logits"].shape == (8, 100) and namespace["model"].vit_config.num_classes == 100
+
+
+# --- the model carries its config ------------------------------------------------------
+
+
+def test_model_carries_its_config_through_save_and_safe_mode_reload(tmp_path):
+    preprocessing = keras_vit.Preprocessing(
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="bicubic", crop_mode="center", crop_fraction=0.9
+    )
+    model = tiny(pooling="gap", drop_path_rate=0.1, preprocessing=preprocessing, labels=[f"c{i}" for i in range(10)])
+    assert isinstance(model, keras_vit.ViTModel) and keras_vit.config_of(model) is model.vit_config
+    config = model.vit_config
+    assert config.preprocessing == preprocessing and config.class_names == [f"c{i}" for i in range(10)]
+    assert config.image_size == (32, 32) and config.class_token is False and config.drop_path_rate == 0.1
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert type(reloaded) is keras_vit.ViTModel and reloaded.vit_config == config
+    np.testing.assert_array_equal(reloaded.predict(IMAGES, verbose=0), model.predict(IMAGES, verbose=0))
+    # The config is plain data: JSON through and back.
+    import json
+
+    assert keras_vit.ViTConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_config_of_a_model_keras_vit_did_not_build_is_a_clear_error():
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="is not a keras_vit model"):
+        keras_vit.config_of(plain)
+    with pytest.raises(ValueError, match="is not a keras_vit model"):
+        keras_vit.load_weights(plain, "anything.npz")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(labels=["a", "b"]), "labels has 2 class names, expected 10"),
+        (dict(labels="imagenet1k"), "labels has 1000 class names, expected 10"),
+        (dict(labels="imagenet5k"), "Unknown label set 'imagenet5k'"),
+    ],
+)
+def test_labels_must_fit_the_classifier(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_vit.ViTConfig(**{**TINY, **kwargs})
+
+
+def test_config_from_dict_names_unknown_options():
+    with pytest.raises(ValueError, match=r"Unknown ViTConfig option\(s\) \['colour'\]"):
+        keras_vit.ViTConfig.from_dict({"colour": 1})
+
+
+def test_no_weight_decay_lists_biases_norms_tokens_and_position_embedding():
+    model = tiny(representation_size=8)
+    skipped = {v.path for v in model.no_weight_decay()}
+    every = {v.path for v in model.trainable_variables}
+    assert skipped == {p for p in every if not p.endswith("/kernel")}
+    assert {"class_token/token", "position_embedding/embedding", "encoder_norm/gamma", "pre_logits/bias"} <= skipped
+
+
+def test_builders_are_plain_functions_with_one_documented_signature():
+    import inspect
+
+    for variant in VARIANTS:
+        builder = getattr(keras_vit, variant)
+        assert inspect.isfunction(builder) and builder.__module__ == "keras_vit.model" and builder.__name__ == variant
+        assert list(inspect.signature(builder).parameters)[:9] == [
+            "include_top", "weights", "input_shape", "image_size", "pooling", "num_classes",
+            "classifier_activation", "name", "input_tensor",
+        ]
+        size, patch = VARIANTS[variant]
+        assert builder.__doc__.startswith(f"ViT-{size}/{patch} ") and f'available_weights("{variant}")' in builder.__doc__

@@ -5,15 +5,13 @@ import math
 import keras
 import numpy as np
 import pytest
+from conftest import tiny_vit
 
-import keras_vit
 from keras_vit.training import recipe
 
 
-def _tiny_vit(**kw):
-    return keras_vit.VisionTransformer(
-        image_size=8, patch_size=4, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, num_classes=3, **kw
-    )
+def _tiny_vit():
+    return tiny_vit(image_size=8, num_layers=1, num_classes=3)
 
 
 def test_warmup_cosine_values():
@@ -55,6 +53,17 @@ def test_weight_decay_skips_biases_norms_position_embedding_and_class_token():
     # Decay shrinks by lr * wd: x * (1 - 0.05).
     kernel = next(v for v in model.trainable_variables if v.path == "head/kernel")
     np.testing.assert_allclose(np.array(kernel), before["head/kernel"] * (1 - 0.1 * 0.5), rtol=1e-5)
+
+
+def test_the_recipe_asks_the_model_which_weights_skip_decay():
+    model = _tiny_vit()
+    model.no_weight_decay = lambda: []  # a model that says: decay everything
+    optimizer = recipe.make_optimizer(model, "adamw", learning_rate=0.1, weight_decay=0.5)
+    for v in model.trainable_variables:
+        v.assign(np.array(v) + 1.0)
+    before = {v.path: np.array(v) for v in model.trainable_variables}
+    optimizer.apply_gradients([(np.zeros(v.shape, "float32"), v) for v in model.trainable_variables])
+    assert all(not np.allclose(np.array(v), before[v.path]) for v in model.trainable_variables)
 
 
 def test_sgd_and_gradient_clipping():

@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vit.training import cli, data
+from keras_vit import datasets, preprocess_input
+from keras_vit.training import cli
 from keras_vit.training.train import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -23,40 +24,82 @@ TINY = ["--model-option", "hidden_dim=32", "--model-option", "num_layers=1", "--
 
 
 def _tiny_options(out, **kw):
-    return dict(
-        out=str(out), epochs=2, steps_per_epoch=6, batch_size=32, image_size=8, jit_compile=False, verbose=0,
-        model_options=dict(hidden_dim=32, num_layers=1, num_heads=2, mlp_dim=64), **kw,
-    )
+    return {
+        **dict(
+            out=str(out), epochs=2, steps_per_epoch=6, batch_size=32, image_size=8, jit_compile=False, verbose=0,
+            model_options=dict(hidden_dim=32, num_layers=1, num_heads=2, mlp_dim=64),
+        ),
+        **kw,
+    }
 
 
-def test_run_folder_contents_reload_and_metrics(tmp_path):
+def test_run_folder_has_one_model_chosen_on_validation_and_metrics_describe_it(tmp_path):
     run = tmp_path / "run"
-    result = train(_tiny_options(run, learning_rate=3e-3))
+    result = train(_tiny_options(run, learning_rate=3e-3, epochs=3))
     names = {p.name for p in run.iterdir()}
-    assert {"config.json", "config.yaml", "dataset.json", "best.keras", "final.keras", "history.csv",
-            "tensorboard", "curves.png", "metrics.json"} <= names
-    assert "backup" not in names  # BackupAndRestore cleans up after a finished run
+    assert names == {"config.json", "config.yaml", "dataset.json", "model.keras", "history.csv",
+                     "tensorboard", "curves.png", "metrics.json"}  # backup/ is gone once finished
     metrics = json.loads((run / "metrics.json").read_text())
     facts = json.loads((run / "dataset.json").read_text())
     config = json.loads((run / "config.json").read_text())
-    assert config["model_config"]["hidden_dim"] == 32 and config["options"]["epochs"] == 2
+    assert metrics["model"] == "model.keras"
+    assert (metrics["num_train"], metrics["num_validation"], metrics["num_test"]) == (1293, 144, 360)
+    assert facts["validation"]["source"] == "held_out" and metrics["chosen_by"].startswith("lowest validation loss")
+    # config.json's model config is the one the model carries.
+    model = keras.saving.load_model(run / "model.keras")
+    assert config["model_config"] == model.vit_config.to_dict() and config["options"]["epochs"] == 3
+    assert model.vit_config.class_names == facts["class_names"]
     with open(run / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in rows] == [0, 1] and "val_accuracy" in rows[0]
+    val_loss = [float(r["val_loss"]) for r in rows]
+    chosen = val_loss.index(min(val_loss))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert metrics["chosen_epoch"] == chosen + 1 and metrics["validation_loss"] == min(val_loss)
+    assert metrics["validation_accuracy"] == float(rows[chosen]["val_accuracy"])
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # The saved model re-loads and reproduces metrics.json's test accuracy from load_images.
-    model = keras.saving.load_model(run / "final.keras")
-    images, labels = data.load_images(facts, "test")
-    from keras_vit import preprocess_input
+    # model.keras is the chosen epoch's model: its validation accuracy is the chosen one, and
+    # metrics.json's test accuracy is its accuracy on the test split.
+    preprocessing = model.vit_config.preprocessing
+    for split, expected in (("validation", metrics["validation_accuracy"]), ("test", metrics["test_accuracy"])):
+        images, labels = datasets.load_images(facts, split, (8, 8), preprocessing)
+        logits = model.predict(preprocess_input(images, preprocessing.mean, preprocessing.std), verbose=0)
+        assert float((logits.argmax(-1) == labels).mean()) == pytest.approx(expected, abs=1e-6), split
+    assert metrics["test_accuracy"] > 0.2  # 18 steps on 10 classes: clearly above chance (0.1)
+    assert result["metrics"] == metrics
 
-    logits = model.predict(preprocess_input(images, facts["mean"], facts["std"]), verbose=0)
-    accuracy = float((logits.argmax(-1) == labels).mean())
-    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6)
-    assert metrics["test_accuracy"] > 0.2  # 12 steps on 10 classes: clearly above chance (0.1)
-    keras.saving.load_model(run / "best.keras").predict(np.zeros((1, 8, 8, 3), "float32"), verbose=0)
-    assert result["metrics"]["test_accuracy"] == metrics["test_accuracy"]
+
+def test_ema_run_saves_the_averaged_weights_that_validation_measured(tmp_path):
+    """With a weights EMA the chosen model holds the average (what validation measured), not
+    the raw weights the optimizer steps."""
+    run = tmp_path / "run"
+    result = train(_tiny_options(run, learning_rate=3e-3, epochs=2, ema_momentum=0.9))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["weights"].startswith("exponential moving average")
+    model = keras.saving.load_model(run / "model.keras")
+    facts = json.loads((run / "dataset.json").read_text())
+    images, labels = datasets.load_images(facts, "validation", (8, 8))
+    accuracy = float((model.predict(preprocess_input(images), verbose=0).argmax(-1) == labels).mean())
+    assert accuracy == pytest.approx(metrics["validation_accuracy"], abs=1e-6)
+    # The last epoch's model: fit ends with the average in the model (Keras finalises EMA).
+    final = result["model"]
+    last_is_chosen = metrics["chosen_epoch"] == metrics["epochs_run"]
+    same = all(np.array_equal(a, b) for a, b in zip(final.get_weights(), model.get_weights()))
+    assert same == last_is_chosen
+
+
+def test_no_validation_keeps_the_last_epoch_and_test_only_when_asked(tmp_path):
+    result = train(_tiny_options(tmp_path / "none", validation_fraction=0.0))
+    metrics = result["metrics"]
+    assert metrics["chosen_by"] == "the last epoch (no validation)" and metrics["chosen_epoch"] == 2
+    assert metrics["num_validation"] == 0 and metrics["num_train"] == 1437
+    asked = train(_tiny_options(tmp_path / "asked", validate_on_test=True))["metrics"]
+    assert "test split" in asked["chosen_by"] and "optimistic" in asked["chosen_by"]
+    facts = json.loads((tmp_path / "asked" / "dataset.json").read_text())
+    assert facts["validation"]["source"] == "test"
+    with pytest.raises(ValueError, match="early_stopping needs validation"):
+        train(_tiny_options(tmp_path / "early", validation_fraction=0.0, early_stopping=2))
 
 
 def test_cli_with_config_file_and_finished_run_protection(tmp_path, capsys):
@@ -71,19 +114,19 @@ def test_cli_with_config_file_and_finished_run_protection(tmp_path, capsys):
     assert options["batch_size"] == 16 and options["learning_rate"] == 0.001
     assert options["model_options"]["patch_size"] == 4  # the small default, refined by the file
     # The resolved config.yaml trains the same run again.
-    stamp = (run / "final.keras").stat().st_mtime_ns
+    stamp = (run / "model.keras").stat().st_mtime_ns
     assert cli.main(["--config", str(config_file), "--out", str(run)]) == 2
     assert "already holds a finished run" in capsys.readouterr().err
-    assert (run / "final.keras").stat().st_mtime_ns == stamp  # nothing overwritten
+    assert (run / "model.keras").stat().st_mtime_ns == stamp  # nothing overwritten
     assert cli.main(["--config", str(config_file), "--out", str(run), "--overwrite"]) == 0
-    assert (run / "final.keras").stat().st_mtime_ns != stamp
+    assert (run / "model.keras").stat().st_mtime_ns != stamp
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--dataset", "cifar11"], "Unknown dataset 'cifar11'"),
-        (["--batch-size", "5000"], "batch_size 5000 is larger than the 1437 training examples"),
+        (["--batch-size", "5000"], "batch_size 5000 is larger than the 1293 training examples"),
         (["--model-option", "patch_size=3"], "patch_size 3x3 does not divide image_size 8x8"),
         (["--model-option", "colour=1"], "Bad model_options"),
     ],
@@ -131,16 +174,16 @@ def test_resume_after_killing_a_real_training_process(tmp_path):
     second = subprocess.run(_train_command(run, epochs), env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resuming the unfinished run" in second.stderr
-    epochs_run = [int(m) for m in re.findall(r"^Epoch (\d+)/%d" % epochs, second.stdout, re.M)]
+    epochs_run = [int(m) for m in re.findall(rf"^Epoch (\d+)/{epochs}", second.stdout, re.M)]
     assert epochs_run == list(range(saved_epoch + 1, epochs + 1))  # continues from the saved epoch
     with open(run / "history.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(epochs))  # each epoch once
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["resumed"] and metrics["epochs_run"] == epochs
-    # The optimizer state was restored too: the step count (which drives the LR schedule) is
-    # that of one uninterrupted run.
-    model = keras.saving.load_model(run / "final.keras")
-    assert int(model.optimizer.iterations.numpy()) == epochs * 30
+    # The optimizer state was restored too: the step count (which drives the LR schedule) of
+    # the chosen model is that of one uninterrupted run at its epoch.
+    model = keras.saving.load_model(run / "model.keras")
+    assert int(model.optimizer.iterations.numpy()) == metrics["chosen_epoch"] * 30
 
 
 @pytest.mark.slow
@@ -161,10 +204,14 @@ def test_fine_tuning_starts_from_the_checkpoint(tmp_path, fixtures_dir):
     checkpoint = fixtures_dir / "google_vit" / "i32_p4_token" / "params.npz"
     architecture = dict(patch_size=4, hidden_dim=64, num_layers=2, num_heads=4, mlp_dim=128, pooling="token")
     options = dict(_tiny_options(tmp_path / "run"), image_size=32, model_options=architecture, weights=str(checkpoint))
-    model = build_model(TrainConfig(**options), num_classes=10)
+    model = build_model(TrainConfig(**options), class_names=[str(i) for i in range(10)])
     reference = np.load(checkpoint.parent / "logits.npy")
     np.testing.assert_allclose(model.predict(np.load(checkpoint.parent / "input.npy"), verbose=0), reference, atol=1e-4)
 
     result = train(dict(options, epochs=1, steps_per_epoch=3))
-    assert 0.0 <= result["metrics"]["test_accuracy"] <= 1.0
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["options"]["weights"] == str(checkpoint)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["options"]["weights"] == str(checkpoint)
+    # What the checkpoint decided is in the run's record, as the model carries it.
+    assert config["model_config"]["gelu_approximate"] is True and config["model_config"]["layer_norm_epsilon"] == 1e-6
+    assert keras.saving.load_model(tmp_path / "run" / "model.keras").vit_config.gelu_approximate is True
+    assert result["metrics"]["model"] == "model.keras"

@@ -241,23 +241,27 @@ def test_resize_method_override_and_same_size_is_exact(fixtures_dir):
     loaded = np.asarray(model.get_layer("position_embedding").embedding)[0, 1:].reshape(12, 12, 64)
     np.testing.assert_allclose(loaded, _pil_bicubic(source, (12, 12)), atol=1e-5)
     same = keras_vit.VisionTransformer(weights=str(fixtures_dir / GOOGLE / "params.npz"), **TINY)
-    np.testing.assert_array_equal(
-        np.asarray(same.get_layer("position_embedding").embedding), read_checkpoint(fixtures_dir / GOOGLE / "params.npz").tensors["Transformer/posembed_input/pos_embedding"]
-    )
+    stored = read_checkpoint(fixtures_dir / GOOGLE / "params.npz").tensors["Transformer/posembed_input/pos_embedding"]
+    np.testing.assert_array_equal(np.asarray(same.get_layer("position_embedding").embedding), stored)
 
 
 # --- saving -----------------------------------------------------------------------------
 
 
-def test_loaded_model_saves_and_reloads_as_keras(fixtures_dir, tmp_path):
-    model = keras_vit.VisionTransformer(weights=str(fixtures_dir / GOOGLE / "params.npz"), **TINY)
+@pytest.mark.parametrize("source", [f"{GOOGLE}/params.npz", HF])
+def test_loaded_model_carries_what_the_checkpoint_decided_through_save_and_reload(fixtures_dir, tmp_path, source):
+    model = keras_vit.VisionTransformer(weights=str(fixtures_dir / source), **TINY)
+    config = model.vit_config
+    # What the checkpoint decided is in the config: its classifier and its source's numerics.
+    assert config.num_classes == 10
+    assert (config.gelu_approximate, config.layer_norm_epsilon) == ((True, 1e-6) if source.endswith(".npz") else (False, 1e-12))
     path = tmp_path / "loaded.keras"
     model.save(path)
     reloaded = keras.saving.load_model(path, safe_mode=True)
-    images = _images(fixtures_dir, f"{GOOGLE}/input.npy", False)
-    assert reloaded.get_layer("encoder_block_0").gelu_approximate is True
+    assert reloaded.vit_config == config
+    images = _images(fixtures_dir, *((f"{GOOGLE}/input.npy", False) if source.endswith(".npz") else (f"{HF}/pixel_values.npy", True)))
     np.testing.assert_array_equal(np.asarray(reloaded.predict(images, verbose=0)), np.asarray(model.predict(images, verbose=0)))
-    assert _max_diff(reloaded, images, np.load(fixtures_dir / GOOGLE / "logits.npy")) <= PARITY_TOLERANCE
+    assert _max_diff(reloaded, images, np.load(fixtures_dir / _logits_file(source if source.endswith(".npz") else HF + "/x"))) <= PARITY_TOLERANCE
 
 
 # --- named weights and URLs -------------------------------------------------------------

@@ -13,8 +13,10 @@ import argparse
 import ast
 import dataclasses
 import sys
+import types
 import typing
 
+from keras_vit import console
 from keras_vit.training.config import MODEL_NAMES, TrainConfig, read_config_file
 from keras_vit.training.recipe import OPTIMIZERS, PRECISIONS, STRATEGIES
 
@@ -27,7 +29,8 @@ HELP = {
     "dataset": "'digits' (offline), a TFDS name ('cifar10', 'tfds:NAME'), 'folder:PATH' or a folder",
     "data_dir": "TFDS data directory",
     "batch_size": "global batch size (split across replicas)",
-    "validation_fraction": "hold out this share of train for validation (0: validate on test)",
+    "validation_fraction": "hold out this share of train for validation when the dataset has no validation split (0: none)",
+    "validate_on_test": "choose the checkpoint on the test split (its accuracy is then optimistic; the run folder says so)",
     "crop_scale_min": "smallest area share of the random resized crop",
     "randaugment": "keras-cv RandAugment magnitude in [0, 1]",
     "mixup": "keras-cv MixUp alpha",
@@ -37,7 +40,8 @@ HELP = {
     "ema_momentum": "keep an EMA of the weights (e.g. 0.998); the final model gets the average",
     "precision": "mixed_bfloat16 on CPU/TPU, mixed_float16 on GPU",
     "strategy": "multi_worker reads TF_CONFIG",
-    "early_stopping": "patience in epochs on validation accuracy",
+    "early_stopping": "patience in epochs on the validation loss",
+    "verbose": "0 silent, 1 progress bars, 2 one line per epoch; 3: as 1, and TensorFlow's start-up log lines",
     "steps_per_epoch": "cap the steps per epoch (quick checks)",
     "out": "run folder",
     "overwrite": "replace a finished run in --out",
@@ -84,7 +88,7 @@ def build_parser():
             parser.add_argument("--model-option", action="append", type=_model_option, **kwargs)
             continue
         kind = hints[field.name]
-        optional = typing.get_origin(kind) is typing.Union
+        optional = typing.get_origin(kind) in (typing.Union, types.UnionType)  # Optional[X] or X | None
         base = typing.get_args(kind)[0] if optional else kind
         if base is bool:
             kwargs["type"] = _bool
@@ -120,11 +124,11 @@ def main(argv=None):
 
         result = train(config)
     except ValueError as error:
-        print(f"keras-vit train: error: {error}", file=sys.stderr)
+        console.error("train", error)
         return 2
     metrics = result["metrics"]
     if "test_accuracy" in metrics:
-        print(f"test accuracy {metrics['test_accuracy']:.4f}; run folder {result['run_dir']}")
+        print(f"test accuracy {metrics['test_accuracy']:.4f} ({metrics['model']}); run folder {result['run_dir']}")
     return 0
 
 

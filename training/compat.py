@@ -25,7 +25,7 @@ Fix 3: global-norm gradient clipping under any strategy with several replicas. K
 `BaseOptimizer.apply` clips each replica's gradient (of the loss already divided by the
 number of replicas) *before* the TF backend's `_backend_update_step` sums them across
 replicas, so the clip threshold acts on partial gradients and two replicas train
-differently from one device (measured: ~10% apart in loss after 16 SGD steps).
+differently from one device (how far: docs/benchmarks.md, "Measured facts").
 `clip_after_cross_replica_sum(optimizer)` moves the clip after the sum, on this optimizer
 instance only: its saved config stays a plain Keras optimizer. Checked by
 tests/test_distributed.py::test_mirrored_two_devices_matches_one_device.
@@ -51,7 +51,8 @@ def patch_keras_for_multi_worker():
     if not _keras_version_checked():
         warnings.warn(
             f"keras_vit.training.compat: multi-worker fixes for keras-team/keras#20585 were checked "
-            f"with Keras {CHECKED_KERAS_VERSIONS}, not {keras.__version__}; not applied."
+            f"with Keras {CHECKED_KERAS_VERSIONS}, not {keras.__version__}; not applied.",
+            stacklevel=2,
         )
         return False
 

@@ -2,8 +2,9 @@
 
 - `warmup_cosine`: linear warm-up to the peak rate, then cosine decay to `end_learning_rate`
   (Keras's serializable `CosineDecay` schedule).
-- `make_optimizer`: AdamW whose weight decay skips biases, LayerNorm, the position
-  embedding and the class token; or SGD with momentum (the paper's fine-tuning recipe).
+- `make_optimizer`: AdamW whose weight decay skips what the model says
+  (`ViTModel.no_weight_decay()`: biases, norms, the position embedding and the tokens); or
+  SGD with momentum (the paper's fine-tuning recipe).
   Both clip gradients by global norm (1.0 by default).
 - `make_loss`: categorical cross-entropy on float32 logits with label smoothing.
 - `set_precision`: "float32", "mixed_bfloat16" (CPU/TPU) or "mixed_float16" (GPU).
@@ -16,9 +17,6 @@ import os
 import keras
 import tensorflow as tf
 
-# Variable-path fragments that never decay: every bias, LayerNorm's gamma/beta, the
-# position embedding and the class token (paths look like "encoder_block_0/attention/qkv/bias").
-NO_DECAY_NAMES = ("bias", "gamma", "beta", "position_embedding", "class_token")
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -50,16 +48,6 @@ def warmup_cosine(peak_learning_rate, total_steps, warmup_steps=0, end_learning_
     )
 
 
-def no_decay_variable_names(model):
-    """Paths of the model's trainable variables that weight decay skips."""
-    return [v.path for v in model.trainable_variables if _skips_decay(v.path)]
-
-
-def _skips_decay(path):
-    parts = path.split("/")
-    return parts[-1] in ("bias", "gamma", "beta") or any(p in NO_DECAY_NAMES[3:] for p in parts)
-
-
 def make_optimizer(
     model,
     name="adamw",
@@ -70,7 +58,8 @@ def make_optimizer(
     beta_2=0.999,
     ema_momentum=None,
 ):
-    """An optimizer for `model` (needed to list the variables that skip weight decay).
+    """An optimizer for `model`, a keras_vit model (its `no_weight_decay()` lists the
+    variables weight decay skips).
 
     name: "adamw" (weight decay on kernels only) or "sgd" (momentum, no decay, as in the
         ViT paper's fine-tuning). `learning_rate` may be a float or a schedule.
@@ -89,9 +78,7 @@ def make_optimizer(
         optimizer = keras.optimizers.AdamW(
             learning_rate=learning_rate, weight_decay=weight_decay, beta_2=beta_2, **options
         )
-        # Keras matches `var_names` as substrings of each variable's path; the exact paths
-        # avoid surprises (e.g. a layer called "beta_head").
-        optimizer.exclude_from_weight_decay(var_names=no_decay_variable_names(model))
+        optimizer.exclude_from_weight_decay(var_list=model.no_weight_decay())
     from keras_vit.training import compat
 
     # Clip the summed gradient, not each replica's share of it (see compat.py, fix 3).

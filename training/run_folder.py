@@ -1,12 +1,14 @@
 """The run folder: what a training run writes, atomically, and whether it may write there.
 
-    RUN/config.json, config.yaml   resolved options + model config
-    RUN/dataset.json               dataset facts (see keras_vit.training.data)
-    RUN/best.keras, final.keras    best (by validation accuracy) and last models
+    RUN/config.json, config.yaml   resolved options + the model's own config (ViTConfig)
+    RUN/dataset.json               dataset facts and splits (see keras_vit.datasets)
+    RUN/model.keras                the run's model: the epoch chosen on validation, with the
+                                   weights validation measured (their EMA when EMA is on)
     RUN/history.csv                one row per epoch (CSVLogger)
     RUN/tensorboard/               TensorBoard logs
     RUN/curves.png                 loss and accuracy curves
-    RUN/metrics.json               test accuracy and loss (written last: marks a finished run)
+    RUN/metrics.json               names model.keras; its test accuracy and loss, how it was
+                                   chosen (written last: marks a finished run)
     RUN/backup/                    BackupAndRestore state while a run is unfinished
 """
 
@@ -127,7 +129,7 @@ def plot_curves(history, path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("loss", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
-            if prefix + key in history:
+            if len(history.get(prefix + key, [])) == len(epochs):
                 ax.plot(epochs, history[prefix + key], style, label=("validation " if prefix else "train ") + key)
         ax.set_xlabel("epoch")
         ax.set_title(key)

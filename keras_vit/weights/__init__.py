@@ -9,12 +9,19 @@ from keras_vit.weights.checkpoint import Checkpoint, read_checkpoint
 from keras_vit.weights.errors import CheckpointError
 from keras_vit.weights.loader import (
     SOURCE_DECIDED_FIELDS,
-    build_with_weights,
+    config_for_checkpoint,
     load_checkpoint,
     load_weights,
     model_variables,
 )
-from keras_vit.weights.named import PRETRAINED_WEIGHTS, NamedWeights, available_weights, resolve_weights, weights_cache_dir
+from keras_vit.weights.named import (
+    PRETRAINED_WEIGHTS,
+    NamedWeights,
+    available_weights,
+    match_variant,
+    resolve_weights,
+    weights_cache_dir,
+)
 
 __all__ = [
     "PRETRAINED_WEIGHTS",
@@ -23,9 +30,10 @@ __all__ = [
     "CheckpointError",
     "NamedWeights",
     "available_weights",
-    "build_with_weights",
+    "config_for_checkpoint",
     "load_checkpoint",
     "load_weights",
+    "match_variant",
     "model_variables",
     "read_checkpoint",
     "resolve_weights",

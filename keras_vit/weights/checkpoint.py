@@ -6,7 +6,6 @@ import json
 import math
 import os
 import re
-from typing import Optional
 
 import numpy as np
 
@@ -46,7 +45,7 @@ class Checkpoint:
     path: str
     format: str
     tensors: dict
-    hf_config: Optional[dict] = None
+    hf_config: dict | None = None
 
     @property
     def description(self):

@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 
-from keras_vit.model import build_vit
+from keras_vit.config import config_of
 from keras_vit.resize import resize_position_embedding
 from keras_vit.weights.checkpoint import read_checkpoint
 from keras_vit.weights.errors import CheckpointError
@@ -30,9 +30,8 @@ def _layers_by_name(model):
 
 def model_variables(model):
     """`{mapping target: variable}` of a keras_vit model (targets as in `mapping.py`)."""
+    config_of(model)  # a keras_vit model, or a clear error
     layers = _layers_by_name(model)
-    if "patch_embedding" not in layers or "position_embedding" not in layers:
-        raise CheckpointError(f"Model {model.name!r} is not a keras_vit Vision Transformer (no patch/position embedding layer).")
     variables = {
         "patch_embedding/kernel": layers["patch_embedding"].projection.kernel,
         "patch_embedding/bias": layers["patch_embedding"].projection.bias,
@@ -66,18 +65,8 @@ def model_variables(model):
     return variables
 
 
-def _model_architecture(model):
-    layers = _layers_by_name(model)
-    kernel = layers["patch_embedding"].projection.kernel
-    block = layers.get("encoder_block_0")
-    return dict(
-        hidden_dim=int(kernel.shape[-1]),
-        num_layers=sum(1 for name in layers if name.startswith("encoder_block_")),
-        num_heads=None if block is None else block.num_heads,
-        mlp_dim=None if block is None else block.mlp_dim,
-        patch_size=tuple(int(s) for s in kernel.shape[:2]),
-        num_channels=int(kernel.shape[2]),
-    )
+def _architecture(config):
+    return {key: getattr(config, key) for key in _ARCHITECTURE_FIELDS}
 
 
 def _architecture_mismatches(model_arch, checkpoint_arch):
@@ -124,7 +113,8 @@ def _decide_optional_parts(plan, values, variables):
     if "pre_logits/kernel" in variables and "pre_logits/kernel" not in values:
         plan.problems.append("pre-logits layer: the model has one (representation_size) and the checkpoint has none")
     elif "pre_logits/kernel" in values and "pre_logits/kernel" not in variables:
-        plan.notes.append(f"Dropped the checkpoint's pre-logits layer (representation_size={values['pre_logits/kernel'].shape[-1]}), as asked (representation_size=None).")
+        width = values["pre_logits/kernel"].shape[-1]
+        plan.notes.append(f"Dropped the checkpoint's pre-logits layer (representation_size={width}), as asked (representation_size=None).")
         for key in ("pre_logits/kernel", "pre_logits/bias"):
             values.pop(key, None)
         if "head/kernel" in variables and "head/kernel" in values:
@@ -173,13 +163,14 @@ def _fit_position_embedding(plan, values, variables, layer, checkpoint, resize_m
 
 
 def _plan_load(model, checkpoint, resize_method=None, source_grid_size=None):
+    config = config_of(model)
     variables = model_variables(model)
     layers = _layers_by_name(model)
-    num_blocks = _model_architecture(model)["num_layers"]
+    num_blocks = config.num_layers
     plan = _Plan()
     used = set()
 
-    problems = _architecture_mismatches(_model_architecture(model), checkpoint.architecture)
+    problems = _architecture_mismatches(_architecture(config), checkpoint.architecture)
     if problems:  # another variant: the per-tensor list would only repeat this
         plan.problems = problems
         return plan
@@ -224,22 +215,18 @@ def _plan_load(model, checkpoint, resize_method=None, source_grid_size=None):
     return plan
 
 
-def _warn_on_numerics(model, checkpoint):
-    layers = _layers_by_name(model)
-    block = layers.get("encoder_block_0")
-    if block is None:
-        return
+def _warn_on_numerics(config, checkpoint):
     expected = checkpoint.numerics
-    if block.gelu_approximate != expected["gelu_approximate"]:
+    if config.gelu_approximate != expected["gelu_approximate"]:
         forms = {True: "tanh-approximate", False: "exact (erf)"}
         logger.warning(
-            f"The model uses {forms[block.gelu_approximate]} GELU, {checkpoint.format} checkpoints usually "
+            f"The model uses {forms[config.gelu_approximate]} GELU, {checkpoint.format} checkpoints usually "
             f"{forms[expected['gelu_approximate']]}: outputs may differ from the source by about 1e-4 "
             f"(build with gelu_approximate={expected['gelu_approximate']} to match it)."
         )
-    if not np.isclose(block.layer_norm_epsilon, expected["layer_norm_epsilon"], rtol=1e-3, atol=0.0):
+    if not np.isclose(config.layer_norm_epsilon, expected["layer_norm_epsilon"], rtol=1e-3, atol=0.0):
         logger.warning(
-            f"The model's LayerNorm epsilon is {block.layer_norm_epsilon:g}, the checkpoint's source uses "
+            f"The model's LayerNorm epsilon is {config.layer_norm_epsilon:g}, the checkpoint's source uses "
             f"{expected['layer_norm_epsilon']:g}."
         )
 
@@ -249,7 +236,7 @@ def load_checkpoint(model, checkpoint, *, resize_method=None, source_grid_size=N
     plan = _plan_load(model, checkpoint, resize_method, source_grid_size)
     if plan.problems:
         raise _mismatch_error(checkpoint, f"model {model.name!r}", plan.problems)
-    _warn_on_numerics(model, checkpoint)
+    _warn_on_numerics(config_of(model), checkpoint)
     for done, (variable, value) in enumerate(plan.assignments):
         try:
             variable.assign(value.astype(variable.dtype))
@@ -290,35 +277,30 @@ def load_weights(model, weights, *, resize_method=None, source_grid_size=None):
     Returns:
         model.
     """
-    arch = _model_architecture(model)
-    variant = match_variant(arch["hidden_dim"], arch["num_layers"], arch["num_heads"], arch["mlp_dim"], arch["patch_size"])
+    config = config_of(model)
+    variant = match_variant(config.hidden_dim, config.num_layers, config.num_heads, config.mlp_dim, config.patch_size)
     checkpoint = read_checkpoint(resolve_weights(weights, variant))
     return load_checkpoint(model, checkpoint, resize_method=resize_method, source_grid_size=source_grid_size)
 
 
-def build_with_weights(config, weights, *, input_tensor=None, name="vit", from_weights=SOURCE_DECIDED_FIELDS, resize_method=None, source_grid_size=None):
-    """Builds the model of `config` and loads `weights` (see `load_weights`) into it.
+def config_for_checkpoint(config, checkpoint, explicit=()):
+    """`config` with the options that `checkpoint` decides, except those in `explicit`.
 
-    The checkpoint is read first. The fields named in `from_weights` (the ones the caller
-    did not set; by default all of `SOURCE_DECIDED_FIELDS`) take the checkpoint's values:
-    `num_classes` (its classifier), `representation_size` (its pre-logits layer, or None),
-    `gelu_approximate` and `layer_norm_epsilon` (how its source computes). The architecture
-    (width, depth, heads, MLP, patch) must match the checkpoint; the image size may differ.
+    A checkpoint decides `num_classes` (its classifier, with `include_top`),
+    `representation_size` (its pre-logits layer, or None), and `gelu_approximate` and
+    `layer_norm_epsilon` (how its source computes). Its architecture (width, depth, heads,
+    MLP, patch) must be the config's; the image size may differ.
+
+    Raises:
+        CheckpointError: the architectures differ (the message lists how).
     """
-    arch_of_config = dict(
-        hidden_dim=config.hidden_dim, num_layers=config.num_layers, num_heads=config.num_heads,
-        mlp_dim=config.mlp_dim, patch_size=config.patch_size, num_channels=config.num_channels,
-    )
-    variant = match_variant(*(arch_of_config[k] for k in ("hidden_dim", "num_layers", "num_heads", "mlp_dim", "patch_size")))
-    checkpoint = read_checkpoint(resolve_weights(weights, variant))
     arch = checkpoint.architecture
-    mismatches = _architecture_mismatches(arch_of_config, arch)
+    mismatches = _architecture_mismatches(_architecture(config), arch)
     if mismatches:
+        variant = match_variant(config.hidden_dim, config.num_layers, config.num_heads, config.mlp_dim, config.patch_size)
         raise _mismatch_error(checkpoint, f"a {variant or 'ViT'} with this config", mismatches)
-    changes = {key: value for key, value in checkpoint.numerics.items() if key in from_weights}
-    if "representation_size" in from_weights:
-        changes["representation_size"] = arch["representation_size"]
-    if "num_classes" in from_weights and config.include_top and arch["num_classes"] is not None:
-        changes["num_classes"] = arch["num_classes"]
-    model = build_vit(config.replace(**changes), input_tensor=input_tensor, name=name)
-    return load_checkpoint(model, checkpoint, resize_method=resize_method, source_grid_size=source_grid_size)
+    decided = {key: value for key, value in checkpoint.numerics.items() if key in SOURCE_DECIDED_FIELDS}
+    decided["representation_size"] = arch["representation_size"]
+    if config.include_top and arch["num_classes"] is not None:
+        decided["num_classes"] = arch["num_classes"]
+    return config.replace(**{key: value for key, value in decided.items() if key not in explicit})

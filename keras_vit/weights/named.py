@@ -61,7 +61,8 @@ def available_weights(variant=None):
 def match_variant(hidden_dim, num_layers, num_heads, mlp_dim, patch_size):
     """The named variant with these sizes (`"ViTB16"`), or None."""
     for variant, (size, patch) in VARIANTS.items():
-        if MODEL_SIZES[size] == dict(hidden_dim=hidden_dim, num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim) and tuple(patch_size) == (patch, patch):
+        sizes = dict(hidden_dim=hidden_dim, num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim)
+        if MODEL_SIZES[size] == sizes and tuple(patch_size) == (patch, patch):
             return variant
     return None
 

@@ -15,7 +15,8 @@ def read_npz(path):
     file raises `CheckpointError` naming the file.
     """
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        # Opened here, not by np.load: it leaves its own handle open when the file is no zip.
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as archive:
             # Members are decompressed lazily: read them all here so that a damaged member
             # fails now, with the file's name, and not later mid-load.
             return {name: archive[name] for name in archive.files}
