@@ -26,6 +26,10 @@ FastGelu (tanh GELU, `keras.ops.gelu(approximate=True)`):
     y = Mul(Mul(x, 0.5), Add(1, Tanh(Mul(sqrt(2 / pi), Add(x, Mul(0.044715, Pow(x, 3)))))))
   -> com.microsoft FastGelu(x)
 
+QuickGelu (OpenAI CLIP's `x * sigmoid(1.702 x)`):
+    y = Mul(x, Sigmoid(Mul(x, 1.702)))
+  -> com.microsoft QuickGelu(x, alpha=1.702)
+
 Attention (keras_vit `MultiHeadSelfAttention` up to the output projection; x [B, T, D],
 H heads of size hd = D / H, W [D, 3D] and b [3D] the fused qkv Dense):
     qkv     = Add(MatMul(Reshape(x, [-1, D]), W), b)   # the Add is absent when b == 0
@@ -35,8 +39,8 @@ H heads of size hd = D / H, W [D, 3D] and b [3D] the fused qkv Dense):
   -> Reshape(com.microsoft Attention(x, W, b, num_heads=H, scale=scale), [-1, D])
      (Attention writes the context as [B, T, D]; the layer flattens it for its output Dense)
    The last block of a class-token model attends from the class token alone (its q comes
-   from a separate slice of W): not this pattern, so left as it is; one query, a small part
-   of the work.
+   from a separate slice of W), and an attention-pooling (MAP) head from one learned query:
+   not this pattern, so left as they are; one query each, a small part of the work.
 
 How: every node is tried as the last node of each pattern; on a match, one new node (or a
 short chain of them) writing the same output tensor takes its place, and the rest of the
@@ -51,7 +55,10 @@ import math
 import numpy as np
 
 CONTRIB_DOMAIN = "com.microsoft"
-FUSED_OP_TYPES = ("Attention", "LayerNormalization", "Gelu", "FastGelu")
+FUSED_OP_TYPES = ("Attention", "LayerNormalization", "Gelu", "FastGelu", "QuickGelu")
+# Ops the patterns above consume: one left in a fused graph marks a subgraph that did not fuse.
+PATTERN_OPS = ("Softmax", "GlobalAveragePool", "Erf", "Tanh", "Sigmoid")
+QUICK_GELU_ALPHA = 1.702
 
 
 class _NoMatch(Exception):
@@ -250,6 +257,19 @@ def _gelu(g, node):
     return _new_node("FastGelu", [x], node, domain=CONTRIB_DOMAIN)
 
 
+def _quick_gelu(g, node):
+    _need(node.op_type == "Mul" and len(node.input) == 2)
+    for x, gate in (node.input, node.input[::-1]):  # noqa: B007 (used after the loop)
+        sigmoid = g.producers.get(gate)
+        if sigmoid is not None and sigmoid.op_type == "Sigmoid":
+            break
+    else:
+        raise _NoMatch
+    scaled_x, alpha = g.split_constant(g.parent(sigmoid.input[0], "Mul"))
+    _need(scaled_x == x and _is_scalar(alpha, QUICK_GELU_ALPHA))
+    return _new_node("QuickGelu", [x], node, domain=CONTRIB_DOMAIN, alpha=QUICK_GELU_ALPHA)
+
+
 def _attention(g, node):
     from onnx import helper
 
@@ -304,7 +324,7 @@ def _attention(g, node):
     return [attention, helper.make_node("Reshape", [attention.output[0], flatten_name], [node.output[0]], name=f"{node.name}/fused_flatten")]
 
 
-MATCHERS = (_attention, _layer_norm, _gelu)
+MATCHERS = (_attention, _layer_norm, _gelu, _quick_gelu)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -342,6 +362,13 @@ def fuse(proto):
         proto.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
     _remove_dead_code(proto.graph)
     return proto, dict(counts)
+
+
+def unfused_ops(proto):
+    """{op type: count} of the `PATTERN_OPS` left in a graph: the subgraphs that did not fuse
+    (e.g. the Softmax of a one-query attention)."""
+    counts = collections.Counter(node.op_type for node in proto.graph.node if node.op_type in PATTERN_OPS)
+    return dict(sorted(counts.items()))
 
 
 def _remove_dead_code(graph):

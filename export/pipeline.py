@@ -274,8 +274,10 @@ def _build_onnx(proto, path):
 
 
 def _build_onnx_optimized(proto, path):
+    from keras_vit.export import onnx_fusions
+
     fused, fused_ops = onnx_export.optimize(proto)
-    return {**_build_onnx(fused, path), "fused_ops": fused_ops}
+    return {**_build_onnx(fused, path), "fused_ops": fused_ops, "not_fused": onnx_fusions.unfused_ops(fused)}
 
 
 def _export_one(artifact, staging, x, reference, labels, images, src, latency_repeats):

@@ -40,12 +40,14 @@ def _cell(key, row):
 
 
 def _op_note(row):
-    """" (fused: 25 LayerNormalization, ...)" for the optimised ONNX row, " (XNNPACK: 1
-    partition)" for a TFLite row, else ""."""
+    """" (fused: 25 LayerNormalization, ...; not fused: 1 Softmax)" for the optimised ONNX
+    row, " (XNNPACK: 1 partition)" for a TFLite row, else ""."""
     details = row.get("details") or {}
     fused = {op: n for op, n in details.get("fused_ops", {}).items() if n}
     if fused:
-        return f" (fused: {', '.join(f'{n} {op}' for op, n in fused.items())})"
+        unfused = details.get("not_fused") or {}
+        left = f"; not fused: {', '.join(f'{n} {op}' for op, n in unfused.items())}" if unfused else ""
+        return f" (fused: {', '.join(f'{n} {op}' for op, n in fused.items())}{left})"
     partitions = details.get("xnnpack_partitions")
     if partitions is not None:
         return f" (XNNPACK: {partitions} partition{'s' if partitions != 1 else ''})"

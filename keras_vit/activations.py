@@ -1,8 +1,8 @@
 """The MLP activations of a ViT, written with `keras.ops`.
 
 `gelu` is exact (erf), as in timm and Hugging Face; `gelu_tanh` is the tanh approximation
-of flax / vit_jax. The exact form is spelled with `erf` so that every exporter (TFLite
-builtins, tf2onnx) sees an op it knows.
+of flax / vit_jax; `quick_gelu` is OpenAI CLIP's `x * sigmoid(1.702 x)`. The exact form is
+spelled with `erf` so that every exporter (TFLite builtins, tf2onnx) sees an op it knows.
 """
 
 import math
@@ -21,6 +21,11 @@ def gelu(x):
 def gelu_tanh(x):
     """GELU's tanh approximation (flax's default)."""
     return ops.gelu(x, approximate=True)
+
+
+def quick_gelu(x):
+    """OpenAI CLIP's approximation of GELU, x * sigmoid(1.702 x)."""
+    return x * ops.sigmoid(1.702 * x)
 
 
 @ops.custom_gradient

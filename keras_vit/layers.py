@@ -1,7 +1,8 @@
 """The layers a Vision Transformer is made of.
 
 Shapes use B = batch, H x W = image size, P = patch size, N = number of patches
-(H / P * W / P), T = number of tokens (N, plus 1 with a class token), D = hidden size.
+(H / P * W / P), T = number of tokens (N plus the prefix tokens: class, distillation,
+registers), D = hidden size.
 Every layer is written with `keras.ops` and registered, so a saved model reloads with
 `safe_mode=True`.
 """
@@ -15,18 +16,22 @@ from keras_vit import activations, tensorflow_kernels
 
 register = keras.saving.register_keras_serializable(package="keras_vit")
 
-# Initialisers of the original implementation (vit_jax).
+# Initialisers of the original implementation (vit_jax); the tokens that must differ from
+# each other from the start (registers, distillation, MAP latent) as timm's.
 DENSE_KERNEL_INIT = "glorot_uniform"
 MLP_BIAS_INIT = keras.initializers.RandomNormal(stddev=1e-6)
 POSITION_INIT = keras.initializers.RandomNormal(stddev=0.02)
+TOKEN_INIT = keras.initializers.RandomNormal(stddev=0.02)
 
 
-def gelu(x, approximate=False, training=False):
-    """The MLP's GELU: exact (erf) or the tanh form. In training the exact form carries a
-    hand-written gradient: on TensorFlow as two XLA-compiled kernels
+def mlp_activation(x, name="gelu", training=False):
+    """The MLP's activation `name` (see `ViTConfig.mlp_activation`). In training the exact
+    GELU carries a hand-written gradient: on TensorFlow as two XLA-compiled kernels
     (`tensorflow_kernels.gelu_exact`), elsewhere `activations.gelu_for_training`."""
-    if approximate:
+    if name == "gelu_tanh":
         return activations.gelu_tanh(x)
+    if name == "quick_gelu":
+        return activations.quick_gelu(x)
     if not training:
         return activations.gelu(x)
     if keras.backend.backend() == "tensorflow":
@@ -108,15 +113,17 @@ class PatchEmbedding(keras.layers.Layer):
     Input: [B, H, W, C]. Output: [B, N, D], patches in row-major order.
     """
 
-    def __init__(self, patch_size, hidden_dim, **kwargs):
+    def __init__(self, patch_size, hidden_dim, use_bias=True, **kwargs):
         super().__init__(**kwargs)
         self.patch_size = tuple(patch_size) if not isinstance(patch_size, int) else (patch_size, patch_size)
         self.hidden_dim = hidden_dim
+        self.use_bias = use_bias
         self.projection = keras.layers.Conv2D(
             hidden_dim,
             kernel_size=self.patch_size,
             strides=self.patch_size,
             padding="valid",
+            use_bias=use_bias,
             kernel_initializer="lecun_normal",
             dtype=self.dtype_policy,
             name="projection",
@@ -134,34 +141,53 @@ class PatchEmbedding(keras.layers.Layer):
         return (batch, (height // self.patch_size[0]) * (width // self.patch_size[1]), self.hidden_dim)
 
     def get_config(self):
-        return {**super().get_config(), "patch_size": self.patch_size, "hidden_dim": self.hidden_dim}
+        return {**super().get_config(), "patch_size": self.patch_size, "hidden_dim": self.hidden_dim, "use_bias": self.use_bias}
 
 
 @register
 class ClassToken(keras.layers.Layer):
-    """Prepends a learned class token. Input: [B, N, D], N static. Output: [B, N + 1, D]."""
+    """Prepends `num_tokens` learned tokens: the class token, and in the same way the
+    distillation token (DeiT) or the register tokens (Darcet et al., 2024).
+
+    Input: [B, N, D], N static. Output: [B, num_tokens + N, D]. Weight `token`
+    [1, num_tokens, D], initialised by `initializer` (zeros for the class token, as vit_jax).
+    """
+
+    def __init__(self, num_tokens=1, initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.num_tokens = num_tokens
+        self.initializer = keras.initializers.get(initializer)
 
     def build(self, input_shape):
-        self.token = self.add_weight(shape=(1, 1, input_shape[-1]), initializer="zeros", name="token")
+        self.token = self.add_weight(shape=(1, self.num_tokens, input_shape[-1]), initializer=self.initializer, name="token")
 
     def call(self, tokens):
-        # Zero-pad one row in front of every sequence and add the token there: the same
-        # values as concatenating a broadcast token, with no op that reads the batch size at
-        # run time (the exported graphs stay static-shaped; TFLite runs it all in XNNPACK).
-        token_row = ops.pad(ops.cast(self.token, tokens.dtype), ((0, 0), (0, tokens.shape[1]), (0, 0)))
-        return ops.pad(tokens, ((0, 0), (1, 0), (0, 0))) + token_row
+        # Zero-pad rows in front of every sequence and add the tokens there: the same values
+        # as concatenating broadcast tokens, with no op that reads the batch size at run time
+        # (the exported graphs stay static-shaped; TFLite runs it all in XNNPACK).
+        token_rows = ops.pad(ops.cast(self.token, tokens.dtype), ((0, 0), (0, tokens.shape[1]), (0, 0)))
+        return ops.pad(tokens, ((0, 0), (self.num_tokens, 0), (0, 0))) + token_rows
 
     def compute_output_shape(self, input_shape):
         batch, length, dim = input_shape
-        return (batch, None if length is None else length + 1, dim)
+        return (batch, None if length is None else length + self.num_tokens, dim)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_tokens": self.num_tokens,
+            "initializer": keras.initializers.serialize(self.initializer),
+        }
 
 
 @register
 class PositionEmbedding(keras.layers.Layer):
     """Adds a learned position embedding. Input and output: [B, T, D].
 
-    The embedding is [1, T, D]: `num_prefix_tokens` rows (the class token) followed by the
-    `grid_size` patch grid, row-major.
+    The embedding is [1, T, D]: `num_prefix_tokens` rows (class, distillation, registers)
+    followed by the `grid_size` patch grid, row-major. A grid-only embedding
+    (`num_prefix_tokens=0`, timm's `no_embed_class`) is added before the prefix tokens are
+    prepended.
     """
 
     def __init__(self, grid_size, num_prefix_tokens=1, **kwargs):
@@ -206,6 +232,22 @@ class DropPath(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+def _attend(query, key, value, dropout=None, training=None):
+    """Scaled dot-product attention of each head: query [B, heads, Q, head_dim], key and value
+    [B, heads, T, head_dim] -> context [B * Q, heads * head_dim] (a row per query token).
+
+    The softmax runs in float32: under mixed_float16 the scores can overflow.
+    """
+    heads, head_dim = query.shape[1], query.shape[-1]
+    query = query * ops.cast(1.0 / math.sqrt(head_dim), query.dtype)
+    scores = ops.einsum("bhqd,bhkd->bhqk", query, key)
+    probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), query.dtype)
+    if dropout is not None:
+        probs = dropout(probs, training=training)
+    context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
+    return ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (-1, heads * head_dim))
 
 
 def _split_leading(x, parts):
@@ -261,13 +303,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
                 query = query[:, :, :queries]
         else:
             query, key, value = self._project_first_queries(x, queries)
-        query = query * ops.cast(1.0 / math.sqrt(self.head_dim), query.dtype)
-        scores = ops.einsum("bhqd,bhkd->bhqk", query, key)
-        # Softmax in float32: under mixed_float16 the scores can overflow.
-        probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), x.dtype)
-        probs = self.attention_dropout(probs, training=training)
-        context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
-        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (-1, dim))
+        context = _attend(query, key, value, self.attention_dropout, training)
         return ops.reshape(self.output_projection(context), (-1, queries, dim))
 
     def _project_first_queries(self, x, queries):
@@ -302,9 +338,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 class TransformerBlock(keras.layers.Layer):
     """Pre-norm encoder block: `x + MHSA(LN(x))`, then `x + MLP(LN(x))`.
 
-    The MLP is Dense(mlp_dim), GELU, dropout, Dense(D), dropout, on the tokens as one
-    [B * T, D] matrix (see `MultiHeadSelfAttention`). Each residual branch goes through
-    stochastic depth (`drop_path_rate`). Input and output: [B, T, D].
+    The MLP is Dense(mlp_dim), `activation` (see `mlp_activation`), dropout, Dense(D),
+    dropout, on the tokens as one [B * T, D] matrix (see `MultiHeadSelfAttention`). With
+    `layer_scale_init`, each residual branch is scaled per channel (`LayerScale`: weights
+    `attention_scale`, `mlp_scale`). Each branch goes through stochastic depth
+    (`drop_path_rate`). Input and output: [B, T, D].
 
     With `output_tokens=K` only the first K tokens go on past the attention (their queries
     attend to every token): output [B, K, D]. The model's last block does this when only
@@ -318,9 +356,11 @@ class TransformerBlock(keras.layers.Layer):
         dropout_rate=0.0,
         attention_dropout_rate=0.0,
         drop_path_rate=0.0,
-        gelu_approximate=False,
+        activation="gelu",
         layer_norm_epsilon=1e-6,
         output_tokens=None,
+        layer_scale_init=None,
+        gelu_approximate=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -329,10 +369,17 @@ class TransformerBlock(keras.layers.Layer):
         self.dropout_rate = dropout_rate
         self.attention_dropout_rate = attention_dropout_rate
         self.drop_path_rate = drop_path_rate
-        self.gelu_approximate = gelu_approximate
+        if gelu_approximate is not None:  # configs saved before `activation`
+            activation = "gelu_tanh" if gelu_approximate else "gelu"
+        self.activation = activation
         self.layer_norm_epsilon = layer_norm_epsilon
         self.output_tokens = output_tokens
+        self.layer_scale_init = layer_scale_init
         policy = self.dtype_policy
+        self.attention_scale = self.mlp_scale = None
+        if layer_scale_init is not None:
+            self.attention_scale = LayerScale(layer_scale_init, dtype=policy, name="attention_scale")
+            self.mlp_scale = LayerScale(layer_scale_init, dtype=policy, name="mlp_scale")
         self.attention_norm = LayerNorm(epsilon=layer_norm_epsilon, dtype=policy, name="attention_norm")
         self.attention = MultiHeadSelfAttention(
             num_heads, attention_dropout_rate, output_tokens, dtype=policy, name="attention"
@@ -355,17 +402,26 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_norm.build(input_shape)
         self.mlp_dense_1.build(input_shape)
         self.mlp_dense_2.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
+        if self.layer_scale_init is not None:
+            self.attention_scale.build(input_shape)
+            self.mlp_scale.build(input_shape)
 
     def call(self, x, training=None):
         branch = self.attention(self.attention_norm(x, training=training), training=training)
         if self.output_tokens is not None:
             x = x[:, : self.output_tokens]
         length, dim = x.shape[1], x.shape[2]
-        x = x + self.drop_path(self.dropout(branch, training=training), training=training)
+        x = x + self._residual(branch, self.attention_scale, training)
         branch = self.mlp_dense_1(ops.reshape(self.mlp_norm(x, training=training), (-1, dim)))
-        branch = self.mlp_dense_2(self.dropout(gelu(branch, self.gelu_approximate, training), training=training))
-        branch = ops.reshape(branch, (-1, length, dim))
-        return x + self.drop_path(self.dropout(branch, training=training), training=training)
+        branch = self.mlp_dense_2(self.dropout(mlp_activation(branch, self.activation, training), training=training))
+        return x + self._residual(ops.reshape(branch, (-1, length, dim)), self.mlp_scale, training)
+
+    def _residual(self, branch, scale, training):
+        """What a branch adds to the residual stream: dropout, LayerScale, stochastic depth."""
+        branch = self.dropout(branch, training=training)
+        if scale is not None:
+            branch = scale(branch)
+        return self.drop_path(branch, training=training)
 
     def compute_output_shape(self, input_shape):
         return self.attention.compute_output_shape(input_shape)
@@ -378,9 +434,10 @@ class TransformerBlock(keras.layers.Layer):
             "dropout_rate": self.dropout_rate,
             "attention_dropout_rate": self.attention_dropout_rate,
             "drop_path_rate": self.drop_path_rate,
-            "gelu_approximate": self.gelu_approximate,
+            "activation": self.activation,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "output_tokens": self.output_tokens,
+            "layer_scale_init": self.layer_scale_init,
         }
 
 
@@ -388,23 +445,114 @@ class TransformerBlock(keras.layers.Layer):
 class TokenPooling(keras.layers.Layer):
     """Reduces the token sequence to one vector.
 
-    `token`: the class token (the first one). `gap`: the mean of the patch tokens (prefix
-    tokens excluded). Input: [B, T, D]. Output: [B, D].
+    `token`: the token at `token_index` (0, the class token; 1, DeiT's distillation token).
+    `gap`: the mean of the patch tokens (the `num_prefix_tokens` before them excluded).
+    Input: [B, T, D]. Output: [B, D].
     """
 
-    def __init__(self, mode="token", num_prefix_tokens=1, **kwargs):
+    def __init__(self, mode="token", num_prefix_tokens=1, token_index=0, **kwargs):
         super().__init__(**kwargs)
         self.mode = mode
         self.num_prefix_tokens = num_prefix_tokens
+        self.token_index = token_index
 
     def call(self, tokens):
         if self.mode == "token":
-            # Not `tokens[:, 0]`: XNNPACK has no kernel for a slice that drops an axis.
-            return ops.reshape(tokens[:, :1], (-1, tokens.shape[-1]))
+            # Not `tokens[:, i]`: XNNPACK has no kernel for a slice that drops an axis.
+            return ops.reshape(tokens[:, self.token_index : self.token_index + 1], (-1, tokens.shape[-1]))
         return ops.mean(tokens[:, self.num_prefix_tokens :], axis=1)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode, "num_prefix_tokens": self.num_prefix_tokens}
+        return {
+            **super().get_config(),
+            "mode": self.mode,
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "token_index": self.token_index,
+        }
+
+
+@register
+class LayerScale(keras.layers.Layer):
+    """A learned per-channel scale of a residual branch (CaiT; DeiT-3, DINOv2).
+
+    Input and output: [..., D]. Weight `gamma` [D], initialised to `init_value`.
+    """
+
+    def __init__(self, init_value=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.init_value = init_value
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(
+            shape=(input_shape[-1],), initializer=keras.initializers.Constant(self.init_value), name="gamma"
+        )
+
+    def call(self, x):
+        return x * ops.cast(self.gamma, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "init_value": self.init_value}
+
+
+@register
+class AttentionPooling(keras.layers.Layer):
+    """Attention pooling with a learned query (big_vision's MAPHead, timm's
+    `AttentionPoolLatent`; SigLIP): one latent token attends to the tokens, then an MLP
+    refines it, `x + MLP(LN(x))`.
+
+    Weights: `latent` [1, 1, D]; Dense layers `query` (D -> D, on the latent), `key_value`
+    (D -> 2D: k | v, each heads-major), `output` (D -> D), `mlp_dense_1` (D -> mlp_dim),
+    `mlp_dense_2` (mlp_dim -> D); LayerNorm `norm`. The first `num_prefix_tokens` tokens
+    (class, registers) are not pooled. Input: [B, T, D]. Output: [B, D].
+    """
+
+    def __init__(self, num_heads, mlp_dim, activation="gelu", layer_norm_epsilon=1e-6, num_prefix_tokens=0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.activation = activation
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.num_prefix_tokens = num_prefix_tokens
+        self.norm = LayerNorm(epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="norm")
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.head_dim = dim // self.num_heads
+        self.latent = self.add_weight(shape=(1, 1, dim), initializer=TOKEN_INIT, name="latent")
+        for name, units, inputs in (
+            ("query", dim, dim), ("key_value", 2 * dim, dim), ("output", dim, dim),
+            ("mlp_dense_1", self.mlp_dim, dim), ("mlp_dense_2", dim, self.mlp_dim),
+        ):
+            dense = keras.layers.Dense(units, kernel_initializer=DENSE_KERNEL_INIT, dtype=self.dtype_policy, name=name)
+            dense.build((None, inputs))
+            setattr(self, "output_projection" if name == "output" else name, dense)
+        self.norm.build((None, dim))
+
+    def call(self, tokens, training=None):
+        tokens = tokens[:, self.num_prefix_tokens :]
+        length, dim = tokens.shape[1], tokens.shape[2]
+        # The latent as one token per image: zeros of the batch's shape plus the latent, so
+        # that no op reads the batch size at run time (as in ClassToken).
+        latent = tokens[:, :1] * ops.cast(0.0, tokens.dtype) + ops.cast(self.latent, tokens.dtype)
+        query = ops.reshape(self.query(ops.reshape(latent, (-1, dim))), (-1, 1, self.num_heads, self.head_dim))
+        key_value = ops.reshape(self.key_value(ops.reshape(tokens, (-1, dim))), (-1, length, 2, self.num_heads, self.head_dim))
+        key, value = _split_leading(ops.transpose(key_value, (2, 0, 3, 1, 4)), 2)
+        x = self.output_projection(_attend(ops.transpose(query, (0, 2, 1, 3)), key, value))  # [B, D]
+        branch = self.mlp_dense_2(mlp_activation(self.mlp_dense_1(self.norm(x, training=training)), self.activation, training))
+        return x + branch
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "activation": self.activation,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "num_prefix_tokens": self.num_prefix_tokens,
+        }

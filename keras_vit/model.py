@@ -6,22 +6,30 @@ import numpy as np
 
 from keras_vit import layers
 from keras_vit.config import MODEL_SIZES, VARIANTS, ViTConfig
-from keras_vit.weights import config_for_checkpoint, load_checkpoint, match_variant, read_checkpoint, resolve_weights
+from keras_vit.weights import (
+    SOURCE_DECIDED_FIELDS,
+    config_for_checkpoint,
+    load_checkpoint,
+    match_variant,
+    named_weights,
+    read_checkpoint,
+    resolve_weights,
+)
 
 
 def _vit_outputs(c, inputs):
     """The layers of the ViT of config `c` applied to `inputs` [B, H, W, C] (see `ViTModel`)."""
-    x = layers.PatchEmbedding(c.patch_size, c.hidden_dim, name="patch_embedding")(inputs)
-    if c.class_token:
-        x = layers.ClassToken(name="class_token")(x)
-    x = layers.PositionEmbedding(c.grid_size, c.num_prefix_tokens, name="position_embedding")(x)
+    x = layers.PatchEmbedding(c.patch_size, c.hidden_dim, use_bias=c.patch_bias, name="patch_embedding")(inputs)
+    x = _prefix_tokens_and_positions(c, x)
     x = keras.layers.Dropout(c.dropout_rate, name="embedding_dropout")(x)
+    if c.pre_norm:
+        x = layers.LayerNorm(epsilon=c.layer_norm_epsilon, name="pre_norm")(x)
 
     # Stochastic depth grows linearly with depth, 0 for the first block (as in timm/DeiT).
     drop_path_rates = np.linspace(0.0, c.drop_path_rate, c.num_layers)
-    # With class-token pooling nothing reads the other tokens after the last attention, so
-    # the last block computes only the class token's output.
-    class_token_only = c.pooling == "token"
+    # With token pooling nothing reads the other tokens after the last attention, so the
+    # last block computes only the pooled tokens' output (class, and distillation).
+    pooled_tokens = 1 + int(c.distillation_token) if c.pooling == "token" else None
     for i in range(c.num_layers):
         x = layers.TransformerBlock(
             num_heads=c.num_heads,
@@ -29,23 +37,63 @@ def _vit_outputs(c, inputs):
             dropout_rate=c.dropout_rate,
             attention_dropout_rate=c.attention_dropout_rate,
             drop_path_rate=float(drop_path_rates[i]),
-            gelu_approximate=c.gelu_approximate,
+            activation=c.mlp_activation,
             layer_norm_epsilon=c.layer_norm_epsilon,
-            output_tokens=1 if class_token_only and i == c.num_layers - 1 else None,
+            output_tokens=pooled_tokens if i == c.num_layers - 1 else None,
+            layer_scale_init=c.layer_scale_init,
             name=f"encoder_block_{i}",
         )(x)
-    x = layers.LayerNorm(epsilon=c.layer_norm_epsilon, name="encoder_norm")(x)
+    if not c.fc_norm:
+        x = layers.LayerNorm(epsilon=c.layer_norm_epsilon, name="encoder_norm")(x)
+    if c.pooling is None:
+        return x
+    return _head(c, x)
 
-    if c.pooling is not None:
-        x = layers.TokenPooling(c.pooling, c.num_prefix_tokens, name="pooling")(x)
-        if c.representation_size is not None:
-            x = keras.layers.Dense(c.representation_size, activation="tanh", name="pre_logits")(x)
-    if c.include_top:
-        # Zero-initialised classifier, as in the paper; float32 so that logits stay float32
-        # under mixed precision.
-        x = keras.layers.Dense(c.num_classes, kernel_initializer="zeros", dtype="float32", name="head")(x)
-        if c.classifier_activation is not None:
-            x = keras.layers.Activation(c.classifier_activation, dtype="float32", name="predictions")(x)
+
+def _prefix_tokens_and_positions(c, patches):
+    """[B, N, D] patch tokens -> [B, T, D]: [class, distillation, registers..., patches], with
+    the position embedding added to all of them or (`embed_prefix_tokens=False`) to the
+    patches alone, before the others are prepended (timm's `no_embed_class`)."""
+    x = patches
+    if not c.embed_prefix_tokens:
+        x = layers.PositionEmbedding(c.grid_size, 0, name="position_embedding")(x)
+    if c.num_register_tokens:
+        x = layers.ClassToken(c.num_register_tokens, layers.TOKEN_INIT, name="register_tokens")(x)
+    if c.distillation_token:
+        x = layers.ClassToken(1, layers.TOKEN_INIT, name="distillation_token")(x)
+    if c.class_token:
+        x = layers.ClassToken(name="class_token")(x)
+    if c.embed_prefix_tokens:
+        x = layers.PositionEmbedding(c.grid_size, c.num_prefix_tokens, name="position_embedding")(x)
+    return x
+
+
+def _head(c, tokens):
+    """Pooling, the optional norm after it and pre-logits layer, and the classifier:
+    [B, T, D] -> [B, num_classes] logits (or probabilities), or [B, D] features."""
+    if c.pooling == "map":
+        x = layers.AttentionPooling(
+            c.num_heads, c.mlp_dim, c.mlp_activation, c.layer_norm_epsilon, c.num_prefix_tokens, name="attention_pooling"
+        )(tokens)
+    else:
+        x = layers.TokenPooling(c.pooling, c.num_prefix_tokens, name="pooling")(tokens)
+    if c.fc_norm:
+        x = layers.LayerNorm(epsilon=c.layer_norm_epsilon, name="fc_norm")(x)
+    if c.representation_size is not None:
+        x = keras.layers.Dense(c.representation_size, activation="tanh", name="pre_logits")(x)
+    distilled = None
+    if c.distillation_token:  # DeiT: the distillation token has a classifier of its own
+        distilled = layers.TokenPooling("token", token_index=1, name="distillation_pooling")(tokens)
+    if not c.include_top:
+        return x if distilled is None else keras.layers.Average(name="pre_logits_mean")([x, distilled])
+    # Zero-initialised classifier, as in the paper; float32 so that logits stay float32
+    # under mixed precision.
+    x = keras.layers.Dense(c.num_classes, kernel_initializer="zeros", dtype="float32", name="head")(x)
+    if distilled is not None:  # at inference, the mean of the two classifiers (as DeiT and timm)
+        distilled = keras.layers.Dense(c.num_classes, kernel_initializer="zeros", dtype="float32", name="head_dist")(distilled)
+        x = keras.layers.Average(dtype="float32", name="logits_mean")([x, distilled])
+    if c.classifier_activation is not None:
+        x = keras.layers.Activation(c.classifier_activation, dtype="float32", name="predictions")(x)
     return x
 
 
@@ -66,9 +114,11 @@ class ViTModel(keras.Model):
     tokens when `pooling=None`.
 
     Layer names are stable (the checkpoint mappings rely on them): `patch_embedding`,
-    `class_token`, `position_embedding`, `encoder_block_{i}`, `encoder_norm`, `pooling`,
-    `pre_logits`, `head`. With `pooling="token"` the last block outputs the class token
-    alone, [B, 1, D]; build with `pooling=None` to read every token of every block.
+    `class_token`, `distillation_token`, `register_tokens`, `position_embedding`,
+    `pre_norm`, `encoder_block_{i}`, `encoder_norm`, `pooling` or `attention_pooling`,
+    `fc_norm`, `pre_logits`, `head`, `head_dist`. With `pooling="token"` the last block
+    outputs the pooled tokens alone, [B, 1, D] (2 with a distillation token); build with
+    `pooling=None` to read every token of every block.
     """
 
     def __init__(self, config, input_tensor=None, **kwargs):
@@ -84,8 +134,8 @@ class ViTModel(keras.Model):
 
     def no_weight_decay(self):
         """The trainable variables weight decay should skip (as timm's `no_weight_decay`):
-        every bias and normalisation scale (rank <= 1), the class token and the position
-        embedding."""
+        every bias, normalisation and LayerScale weight (rank <= 1), the prefix tokens
+        (class, distillation, registers) and the position embedding."""
         skipped = [
             variable
             for layer in self.layers
@@ -110,15 +160,14 @@ def build_vit(config, input_tensor=None, name="vit"):
 
 class _FromWeights:
     """Default of the options a checkpoint decides when `weights` is given (its classifier
-    size, its pre-logits layer); without `weights` they fall back to 1000 and None."""
+    size, its pre-logits layer, its pooling head); without `weights` they fall back to
+    1000, None and "token"."""
 
     def __repr__(self):
         return "FROM_WEIGHTS"
 
 
 FROM_WEIGHTS = _FromWeights()
-# Options a checkpoint (or its source's rules) decides unless the caller passes them.
-_CHECKPOINT_DECIDES = ("gelu_approximate", "layer_norm_epsilon")
 
 
 def _resolve_image_size(image_size, input_shape, default):
@@ -133,10 +182,17 @@ def _resolve_image_size(image_size, input_shape, default):
 
 
 def _build_with_weights(config, weights, explicit, input_tensor, name):
-    """Reads the checkpoint, lets it decide the options not in `explicit`, builds, loads."""
+    """Reads the checkpoint, lets it (and, for named weights, their entry) decide the options
+    not in `explicit`, builds, loads."""
     variant = match_variant(config.hidden_dim, config.num_layers, config.num_heads, config.mlp_dim, config.patch_size)
+    entry = named_weights(weights, variant)
     checkpoint = read_checkpoint(resolve_weights(weights, variant))
-    config = config_for_checkpoint(config, checkpoint, explicit)
+    config = config_for_checkpoint(config, checkpoint, explicit, decided=entry.options if entry else None)
+    if entry is not None:  # what the publisher says the inputs and outputs are
+        carried = {"preprocessing": entry.preprocessing}
+        if entry.labels is not None and config.include_top and config.num_classes == entry.num_classes:
+            carried["labels"] = entry.labels
+        config = config.replace(**{key: value for key, value in carried.items() if key not in explicit})
     model = build_vit(config, input_tensor=input_tensor, name=name)
     return load_checkpoint(model, checkpoint)
 
@@ -150,7 +206,7 @@ def VisionTransformer(
     mlp_dim=3072,
     num_classes=FROM_WEIGHTS,
     include_top=True,
-    pooling="token",
+    pooling=FROM_WEIGHTS,
     representation_size=FROM_WEIGHTS,
     dropout_rate=0.0,
     attention_dropout_rate=0.0,
@@ -172,8 +228,9 @@ def VisionTransformer(
             checkpoint's when `weights` has a classifier.
         include_top: with the classifier; without it the model returns features.
         pooling: `"token"` (class token), `"gap"` (mean of patch tokens, no class token
-            unless `class_token=True`), or None for the whole [B, T, D] token sequence
-            (only with `include_top=False`).
+            unless `class_token=True`), `"map"` (attention pooling with a learned query),
+            or None for the whole [B, T, D] token sequence (only with `include_top=False`).
+            Default "token", or the checkpoint's head when `weights` has one.
         representation_size: width of the pre-logits Dense + tanh layer; None for none.
             Default none, or the checkpoint's pre-logits layer when `weights` has one
             (pass None to drop it).
@@ -182,17 +239,23 @@ def VisionTransformer(
         classifier_activation: None for logits, or e.g. `"softmax"`.
         name: the model's name.
         weights: None, or a checkpoint to load: a path (original ViT `.npz`, timm
-            `.safetensors`, Hugging Face folder), a URL, or a name such as
-            `"augreg_in21k"` (see `keras_vit.weights.available_weights()`). Options not
-            given explicitly (`num_classes`, `representation_size`, `gelu_approximate`,
-            `layer_norm_epsilon`) then follow the checkpoint and its source.
+            `.safetensors`, Hugging Face folder, OpenAI CLIP `.safetensors`), a URL, or a
+            name such as `"augreg_in21k"` (see `keras_vit.weights.available_weights()`).
+            Options not given explicitly then follow the checkpoint (its classifier, tokens,
+            LayerScale, pooling head, ...) and its source (MLP activation, LayerNorm
+            epsilon); one given that contradicts it is an error. Named weights also set
+            the preprocessing and labels they were published with.
         input_shape: (height, width, channels), an alternative to `image_size`.
         input_tensor: an existing Keras tensor to use as the model's input.
-        **options: further `ViTConfig` fields: `class_token`, `num_channels`,
-            `gelu_approximate`, `layer_norm_epsilon`, `preprocessing`, `labels`.
+        **options: further `ViTConfig` fields: the family options (`class_token`,
+            `distillation_token`, `num_register_tokens`, `embed_prefix_tokens`, `fc_norm`,
+            `layer_scale_init`, `mlp_activation`, `pre_norm`, `patch_bias`),
+            `num_channels`, `layer_norm_epsilon`, `preprocessing`, `labels`.
     """
-    explicit = {key for key in _CHECKPOINT_DECIDES if key in options}
-    explicit |= {key for key, value in (("num_classes", num_classes), ("representation_size", representation_size)) if value is not FROM_WEIGHTS}
+    explicit = set(options) & set(SOURCE_DECIDED_FIELDS + ("preprocessing", "labels"))
+    explicit |= {"mlp_activation"} if "gelu_approximate" in options else set()
+    passed = (("num_classes", num_classes), ("representation_size", representation_size), ("pooling", pooling))
+    explicit |= {key for key, value in passed if value is not FROM_WEIGHTS}
     size, channels = _resolve_image_size(image_size, input_shape, 224)
     config = ViTConfig(
         image_size=size,
@@ -203,7 +266,7 @@ def VisionTransformer(
         mlp_dim=mlp_dim,
         num_classes=1000 if num_classes is FROM_WEIGHTS else num_classes,
         include_top=include_top,
-        pooling=pooling,
+        pooling="token" if pooling is FROM_WEIGHTS else pooling,
         representation_size=None if representation_size is FROM_WEIGHTS else representation_size,
         dropout_rate=dropout_rate,
         attention_dropout_rate=attention_dropout_rate,
@@ -228,7 +291,8 @@ Args:
         (`keras_vit.weights.available_weights("{variant}")`).
     input_shape: (height, width, channels), or use `image_size`.
     image_size: int or (height, width), multiples of {patch}; default 224.
-    pooling: "token", "gap", or None (token sequence, with include_top=False).
+    pooling: "token", "gap", "map", or None (token sequence, with include_top=False);
+        default "token", or the head of `weights`.
     num_classes: classifier outputs; default 1000, or the classifier of `weights`.
     classifier_activation: None for logits, or e.g. "softmax".
     name: the model's name.
@@ -254,62 +318,81 @@ def _variant(variant, include_top, weights, input_shape, image_size, pooling, nu
     )
 
 
-def ViTTi16(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+def ViTTi16(include_top=True, weights=None, input_shape=None, image_size=None, pooling=FROM_WEIGHTS,
             num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTTi16", input_tensor=None, **overrides):
     return _variant("ViTTi16", include_top, weights, input_shape, image_size, pooling, num_classes,
                     classifier_activation, name, input_tensor, overrides)
 
 
-def ViTS16(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+def ViTS14(include_top=True, weights=None, input_shape=None, image_size=None, pooling=FROM_WEIGHTS,
+           num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTS14", input_tensor=None, **overrides):
+    return _variant("ViTS14", include_top, weights, input_shape, image_size, pooling, num_classes,
+                    classifier_activation, name, input_tensor, overrides)
+
+
+def ViTS16(include_top=True, weights=None, input_shape=None, image_size=None, pooling=FROM_WEIGHTS,
            num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTS16", input_tensor=None, **overrides):
     return _variant("ViTS16", include_top, weights, input_shape, image_size, pooling, num_classes,
                     classifier_activation, name, input_tensor, overrides)
 
 
-def ViTS32(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+def ViTS32(include_top=True, weights=None, input_shape=None, image_size=None, pooling=FROM_WEIGHTS,
            num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTS32", input_tensor=None, **overrides):
     return _variant("ViTS32", include_top, weights, input_shape, image_size, pooling, num_classes,
                     classifier_activation, name, input_tensor, overrides)
 
 
-def ViTB8(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+def ViTB8(include_top=True, weights=None, input_shape=None, image_size=None, pooling=FROM_WEIGHTS,
           num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTB8", input_tensor=None, **overrides):
     return _variant("ViTB8", include_top, weights, input_shape, image_size, pooling, num_classes,
                     classifier_activation, name, input_tensor, overrides)
 
 
-def ViTB16(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+def ViTB14(include_top=True, weights=None, input_shape=None, image_size=None, pooling=FROM_WEIGHTS,
+           num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTB14", input_tensor=None, **overrides):
+    return _variant("ViTB14", include_top, weights, input_shape, image_size, pooling, num_classes,
+                    classifier_activation, name, input_tensor, overrides)
+
+
+def ViTB16(include_top=True, weights=None, input_shape=None, image_size=None, pooling=FROM_WEIGHTS,
            num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTB16", input_tensor=None, **overrides):
     return _variant("ViTB16", include_top, weights, input_shape, image_size, pooling, num_classes,
                     classifier_activation, name, input_tensor, overrides)
 
 
-def ViTB32(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+def ViTB32(include_top=True, weights=None, input_shape=None, image_size=None, pooling=FROM_WEIGHTS,
            num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTB32", input_tensor=None, **overrides):
     return _variant("ViTB32", include_top, weights, input_shape, image_size, pooling, num_classes,
                     classifier_activation, name, input_tensor, overrides)
 
 
-def ViTL16(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+def ViTL14(include_top=True, weights=None, input_shape=None, image_size=None, pooling=FROM_WEIGHTS,
+           num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTL14", input_tensor=None, **overrides):
+    return _variant("ViTL14", include_top, weights, input_shape, image_size, pooling, num_classes,
+                    classifier_activation, name, input_tensor, overrides)
+
+
+def ViTL16(include_top=True, weights=None, input_shape=None, image_size=None, pooling=FROM_WEIGHTS,
            num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTL16", input_tensor=None, **overrides):
     return _variant("ViTL16", include_top, weights, input_shape, image_size, pooling, num_classes,
                     classifier_activation, name, input_tensor, overrides)
 
 
-def ViTL32(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+def ViTL32(include_top=True, weights=None, input_shape=None, image_size=None, pooling=FROM_WEIGHTS,
            num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTL32", input_tensor=None, **overrides):
     return _variant("ViTL32", include_top, weights, input_shape, image_size, pooling, num_classes,
                     classifier_activation, name, input_tensor, overrides)
 
 
-def ViTH14(include_top=True, weights=None, input_shape=None, image_size=None, pooling="token",
+def ViTH14(include_top=True, weights=None, input_shape=None, image_size=None, pooling=FROM_WEIGHTS,
            num_classes=FROM_WEIGHTS, classifier_activation=None, name="ViTH14", input_tensor=None, **overrides):
     return _variant("ViTH14", include_top, weights, input_shape, image_size, pooling, num_classes,
                     classifier_activation, name, input_tensor, overrides)
 
 
 VARIANT_BUILDERS = {
-    builder.__name__: builder for builder in (ViTTi16, ViTS16, ViTS32, ViTB8, ViTB16, ViTB32, ViTL16, ViTL32, ViTH14)
+    builder.__name__: builder
+    for builder in (ViTTi16, ViTS14, ViTS16, ViTS32, ViTB8, ViTB14, ViTB16, ViTB32, ViTL14, ViTL16, ViTL32, ViTH14)
 }
 
 

@@ -194,7 +194,7 @@ def test_every_gelu_exports_to_onnx_and_tflite(gelu, monkeypatch):
     """Exact GELU via erf (keras_vit's own), tanh GELU, and tf.nn.gelu, whose graph holds the
     TF op Erfc that tf2onnx cannot convert by itself."""
     if gelu == "tf_nn_gelu_exact":
-        monkeypatch.setattr(keras_vit.layers, "gelu", lambda x, approximate=False, training=False: keras.ops.gelu(x, approximate=False))
+        monkeypatch.setattr(keras_vit.layers, "mlp_activation", lambda x, name="gelu", training=False: keras.ops.gelu(x, approximate=False))
     model = tiny_vit(num_layers=1, gelu_approximate=(gelu == "approximate"))
     graph_ops = {node.op for node in tflite.frozen_function(model).graph.as_graph_def().node}
     assert ("Erfc" in graph_ops) == (gelu == "tf_nn_gelu_exact")
@@ -239,7 +239,7 @@ def test_optimized_onnx_fuses_attention_layer_norm_and_gelu(gelu, weights, pooli
     proto = onnx_export.convert(model)
     fused, fused_ops = onnx_export.optimize(proto)
     attention = 2 if pooling == "gap" else 1
-    expected_gelu = {"Gelu": 0, "FastGelu": 2} if approximate else {"Gelu": 2, "FastGelu": 0}
+    expected_gelu = {"Gelu": 0, "FastGelu": 2, "QuickGelu": 0} if approximate else {"Gelu": 2, "FastGelu": 0, "QuickGelu": 0}
     assert fused_ops == {"Attention": attention, "LayerNormalization": 5, **expected_gelu}
 
     before, after = op_counts(proto), op_counts(fused)
@@ -296,11 +296,12 @@ def test_pipeline_reports_the_optimized_onnx_and_its_fusions(tiny_export):
     assert row["max_abs_diff"] <= 1e-4 and row["checked_batch_sizes"] == [1, 8]
     assert {"com.microsoft:Attention", "com.microsoft:Gelu", "LayerNormalization"} <= set(row["ops"])
     assert "GlobalAveragePool" not in row["ops"]
-    assert row["details"]["fused_ops"] == {"Attention": 1, "LayerNormalization": 5, "Gelu": 2, "FastGelu": 0}
+    assert row["details"]["fused_ops"] == {"Attention": 1, "LayerNormalization": 5, "Gelu": 2, "FastGelu": 0, "QuickGelu": 0}
+    assert row["details"]["not_fused"] == {"Softmax": 1}  # the class token's one-query attention
     assert row["details"]["input_shape"] == ["batch", IMAGE_SIZE, IMAGE_SIZE, 3]
     table = (out / "export_report.md").read_text()
     assert "| onnx_optimized | none |" in table
-    assert "- onnx_optimized: " in table and "(fused: 1 Attention, 5 LayerNormalization, 2 Gelu)" in table
+    assert "- onnx_optimized: " in table and "(fused: 1 Attention, 5 LayerNormalization, 2 Gelu; not fused: 1 Softmax)" in table
 
 
 def test_onnx_runner_stops_its_threads_spinning_after_each_run(tmp_path, monkeypatch):
@@ -509,3 +510,36 @@ def test_bare_keras_file_int8_with_calibration_images(digits_run, tmp_path):
     assert report["passed"]
     assert report["verification_data"]["description"].startswith("the calibration images")
     assert rows_by_name(report)["tflite_int8"]["top1_agreement"] >= 0.98
+
+
+# ----------------------------------------------------------------------------- every family
+
+# family -> the fusions of its optimised ONNX graph (2 blocks) and what is left unfused.
+FAMILY_FUSIONS = {
+    "deit3": ({"Attention": 1, "LayerNormalization": 5, "Gelu": 2}, {"Softmax": 1}),
+    "dinov2_reg4": ({"Attention": 1, "LayerNormalization": 5, "Gelu": 2}, {"Softmax": 1}),
+    "reg4_gap": ({"Attention": 2, "LayerNormalization": 5, "Gelu": 2}, {}),
+    "mae_avg": ({"Attention": 2, "LayerNormalization": 5, "Gelu": 2}, {}),
+    "clip": ({"Attention": 1, "LayerNormalization": 6, "QuickGelu": 2}, {"Softmax": 1}),
+    "siglip_map": ({"Attention": 2, "LayerNormalization": 6, "Gelu": 3}, {"Softmax": 1}),  # the MAP head's one query
+    "deit_distilled": ({"Attention": 1, "LayerNormalization": 5, "Gelu": 2}, {"Softmax": 1}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_FUSIONS))
+def test_every_family_exports_to_every_format_verified(family, tmp_path):
+    from test_families import FAMILIES
+
+    path = tmp_path / f"{family}.keras"
+    trained_like_vit(**FAMILIES[family]).save(path)
+    report = pipeline.export(path, tmp_path / "out", quantizations="none,float16", latency_repeats=1)
+    rows = rows_by_name(report)
+    assert report["passed"], [row["failures"] for row in report["artifacts"]]
+    assert set(rows) == {"keras", "saved_model", "tflite_float32", "tflite_float16", "onnx", "onnx_optimized"}
+    for name in ("saved_model", "tflite_float32", "onnx", "onnx_optimized"):
+        assert rows[name]["max_abs_diff"] <= 1e-4, name
+    assert rows["tflite_float32"]["details"]["xnnpack_partitions"] == 1 and rows["tflite_float16"]["details"]["xnnpack_partitions"] == 1
+    assert not any(op.startswith("CUSTOM:") for op in rows["tflite_float32"]["ops"])
+    fused, unfused = FAMILY_FUSIONS[family]
+    assert {op: n for op, n in rows["onnx_optimized"]["details"]["fused_ops"].items() if n} == fused
+    assert rows["onnx_optimized"]["details"]["not_fused"] == unfused

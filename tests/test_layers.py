@@ -250,10 +250,10 @@ def test_training_gelu_has_the_value_and_gradient_of_the_exact_formula(training_
     # custom-gradient spelling every other backend runs.
     from keras_vit.activations import gelu_for_training
 
-    gelu = (lambda t: layers.gelu(t, training=True)) if training_gelu == "backend" else gelu_for_training
+    gelu = (lambda t: layers.mlp_activation(t, "gelu", training=True)) if training_gelu == "backend" else gelu_for_training
     x = RNG.normal(0.0, 3.0, size=(4, 7)).astype("float32")
     ours = _value_and_gradients(gelu, x)
-    theirs = _value_and_gradients(lambda t: layers.gelu(t, training=False), x)
+    theirs = _value_and_gradients(lambda t: layers.mlp_activation(t, "gelu", training=False), x)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(ours[0], np_gelu(x), atol=1e-5)
@@ -263,7 +263,7 @@ def test_training_gelu_under_bfloat16_keeps_the_dtype_and_the_formula():
     import tensorflow as tf
 
     x16 = tf.cast(RNG.normal(0.0, 3.0, size=(3, 8)).astype("float32"), tf.bfloat16)
-    out = layers.gelu(x16, training=True)
+    out = layers.mlp_activation(x16, "gelu", training=True)
     assert out.dtype == tf.bfloat16
     # Rounding the float32 result to bfloat16 (8 bits of mantissa) is the only error.
     reference = np_gelu(tf.cast(x16, tf.float32).numpy())

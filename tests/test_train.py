@@ -212,6 +212,6 @@ def test_fine_tuning_starts_from_the_checkpoint(tmp_path, fixtures_dir):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["options"]["weights"] == str(checkpoint)
     # What the checkpoint decided is in the run's record, as the model carries it.
-    assert config["model_config"]["gelu_approximate"] is True and config["model_config"]["layer_norm_epsilon"] == 1e-6
-    assert keras.saving.load_model(tmp_path / "run" / "model.keras").vit_config.gelu_approximate is True
+    assert config["model_config"]["mlp_activation"] == "gelu_tanh" and config["model_config"]["layer_norm_epsilon"] == 1e-6
+    assert keras.saving.load_model(tmp_path / "run" / "model.keras").vit_config.mlp_activation == "gelu_tanh"
     assert result["metrics"]["model"] == "model.keras"

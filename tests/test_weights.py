@@ -92,9 +92,9 @@ def test_source_numerics_are_the_defaults(fixtures_dir):
     timm = keras_vit.VisionTransformer(weights=str(fixtures_dir / TIMM / "model.safetensors"), **TINY)
     hf = keras_vit.VisionTransformer(weights=str(fixtures_dir / HF), **TINY)
     block = lambda model: model.get_layer("encoder_block_0").get_config()  # noqa: E731
-    assert block(google)["gelu_approximate"] is True and block(google)["layer_norm_epsilon"] == 1e-6
-    assert block(timm)["gelu_approximate"] is False and block(timm)["layer_norm_epsilon"] == 1e-6
-    assert block(hf)["gelu_approximate"] is False and block(hf)["layer_norm_epsilon"] == 1e-12
+    assert block(google)["activation"] == "gelu_tanh" and block(google)["layer_norm_epsilon"] == 1e-6
+    assert block(timm)["activation"] == "gelu" and block(timm)["layer_norm_epsilon"] == 1e-6
+    assert block(hf)["activation"] == "gelu" and block(hf)["layer_norm_epsilon"] == 1e-12
     assert hf.get_layer("encoder_norm").epsilon == 1e-12
     assert google.output_shape == (None, 10)  # num_classes from the checkpoint's classifier
 
@@ -104,7 +104,7 @@ def test_explicit_gelu_choice_wins_and_matters(fixtures_dir, caplog):
     expected = np.load(fixtures_dir / GOOGLE / "logits.npy")
     with caplog.at_level(logging.WARNING, logger="keras_vit.weights"):
         exact = keras_vit.VisionTransformer(weights=str(fixtures_dir / GOOGLE / "params.npz"), gelu_approximate=False, **TINY)
-    assert exact.get_layer("encoder_block_0").gelu_approximate is False
+    assert exact.get_layer("encoder_block_0").activation == "gelu" and exact.vit_config.mlp_activation == "gelu"
     assert "GELU" in caplog.text
     assert _max_diff(exact, images, expected) > 1e-5  # the fixture README: about 1e-4
 
@@ -254,7 +254,7 @@ def test_loaded_model_carries_what_the_checkpoint_decided_through_save_and_reloa
     config = model.vit_config
     # What the checkpoint decided is in the config: its classifier and its source's numerics.
     assert config.num_classes == 10
-    assert (config.gelu_approximate, config.layer_norm_epsilon) == ((True, 1e-6) if source.endswith(".npz") else (False, 1e-12))
+    assert (config.mlp_activation, config.layer_norm_epsilon) == (("gelu_tanh", 1e-6) if source.endswith(".npz") else ("gelu", 1e-12))
     path = tmp_path / "loaded.keras"
     model.save(path)
     reloaded = keras.saving.load_model(path, safe_mode=True)
@@ -364,14 +364,20 @@ def test_missing_extra_and_misshapen_tensors_are_all_listed(fixtures_dir, tmp_pa
     _assert_untouched(model, before)
 
 
-def test_gap_checkpoint_into_token_model(fixtures_dir, tmp_path):
+def test_checkpoint_without_a_class_token_builds_a_gap_model_and_refuses_token_pooling(fixtures_dir, tmp_path):
     tensors = _google_tensors(fixtures_dir)
     del tensors["cls"]
     tensors["Transformer/posembed_input/pos_embedding"] = tensors["Transformer/posembed_input/pos_embedding"][:, 1:]
-    with pytest.raises(CheckpointError, match="pooling='gap'"):
-        keras_vit.VisionTransformer(weights=_write_npz(tmp_path / "gap.npz", tensors), **TINY)
-    model = keras_vit.VisionTransformer(weights=str(tmp_path / "gap.npz"), pooling="gap", **TINY)
-    assert "class_token" not in [layer.name for layer in model.layers]
+    path = _write_npz(tmp_path / "gap.npz", tensors)
+    model = keras_vit.VisionTransformer(weights=path, **TINY)  # what the tensors show
+    assert model.vit_config.pooling == "gap" and "class_token" not in [layer.name for layer in model.layers]
+    with pytest.raises(CheckpointError, match=r"pooling='token' was passed, the checkpoint shows pooling='gap'"):
+        keras_vit.VisionTransformer(weights=path, pooling="token", **TINY)
+    token_model = keras_vit.VisionTransformer(num_classes=10, **TINY)
+    before = _weights_snapshot(token_model)
+    with pytest.raises(CheckpointError, match="class token: the checkpoint has no such part, the model has"):
+        keras_vit.load_weights(token_model, path)
+    _assert_untouched(token_model, before)
 
 
 def test_unreadable_sources(fixtures_dir, tmp_path):

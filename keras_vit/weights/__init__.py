@@ -10,6 +10,7 @@ from keras_vit.weights.errors import CheckpointError
 from keras_vit.weights.loader import (
     SOURCE_DECIDED_FIELDS,
     config_for_checkpoint,
+    inspect_checkpoint,
     load_checkpoint,
     load_weights,
     model_variables,
@@ -19,6 +20,7 @@ from keras_vit.weights.named import (
     NamedWeights,
     available_weights,
     match_variant,
+    named_weights,
     resolve_weights,
     weights_cache_dir,
 )
@@ -31,10 +33,12 @@ __all__ = [
     "NamedWeights",
     "available_weights",
     "config_for_checkpoint",
+    "inspect_checkpoint",
     "load_checkpoint",
     "load_weights",
     "match_variant",
     "model_variables",
+    "named_weights",
     "read_checkpoint",
     "resolve_weights",
     "weights_cache_dir",

@@ -15,6 +15,7 @@ from keras_vit.weights.mapping import (
     FORMAT_NAMES,
     MAPPINGS,
     NPZ_LINEN_RENAMES,
+    PREFIX_ONLY_FORMATS,
     SOURCE_NUMERICS,
     TRANSFORMS,
 )
@@ -26,8 +27,9 @@ _BLOCK_INDEX = {
     "npz": re.compile(r"^Transformer/encoderblock_(\d+)/"),
     "timm": re.compile(r"^blocks\.(\d+)\."),
     "hf": re.compile(r"^encoder\.layer\.(\d+)\."),
+    "openai_clip": re.compile(r"^transformer\.resblocks\.(\d+)\."),
 }
-_HF_GELU_APPROXIMATE = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True}
+_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
 
 
 @dataclasses.dataclass
@@ -36,7 +38,7 @@ class Checkpoint:
 
     Attributes:
         path: where it was read from.
-        format: `"npz"` (original ViT), `"timm"` or `"hf"`.
+        format: a key of `mapping.FORMAT_NAMES` (`"npz"`, `"timm"`, `"hf"`, `"openai_clip"`).
         tensors: `{name: float32 array}`, names normalised (prefix stripped, flax linen
             names renamed to the released ones) so that `mapping.MAPPINGS[format]` applies.
         hf_config: the Hugging Face `config.json`, for `"hf"` checkpoints that have one.
@@ -53,31 +55,41 @@ class Checkpoint:
 
     @property
     def numerics(self):
-        """`gelu_approximate`, `layer_norm_epsilon` and `resize_method` of the source."""
+        """`mlp_activation`, `layer_norm_epsilon` and `resize_method` of the source."""
         numerics = dict(SOURCE_NUMERICS[self.format])
         if self.hf_config is not None:
-            numerics["gelu_approximate"] = _HF_GELU_APPROXIMATE[self.hf_config.get("hidden_act", "gelu")]
+            numerics["mlp_activation"] = _HF_ACTIVATIONS[self.hf_config.get("hidden_act", "gelu")]
             numerics["layer_norm_epsilon"] = float(self.hf_config.get("layer_norm_eps", 1e-12))
         return numerics
 
+    def source_keys(self, target):
+        """The checkpoint tensors a mapping target is made from (`[]` when the format has none)."""
+        entry = MAPPINGS[self.format].get(target)
+        return [] if entry is None else list(entry[1:])
+
     def mapped(self, target, block=0):
         """The Keras-layout value of one mapping target, or None when the checkpoint lacks it."""
-        transform, *sources = MAPPINGS[self.format][target]
+        entry = MAPPINGS[self.format].get(target)
+        if entry is None:
+            return None
+        transform, *sources = entry
         sources = [source.format(i=block) for source in sources]
         if not all(source in self.tensors for source in sources):
             return None
         return TRANSFORMS[transform](*(self.tensors[source] for source in sources))
 
+    def has(self, target):
+        return self.mapped(target) is not None
+
     @property
     def architecture(self):
-        """What the tensors (and config.json) say about the model, for defaults and errors:
+        """The sizes the tensors (and config.json) show, for defaults and errors:
         `hidden_dim`, `num_layers`, `mlp_dim`, `patch_size`, `num_channels`, `num_heads`
-        (None when the format does not record it: timm), `class_token`,
-        `num_position_tokens`, `representation_size`, `num_classes` (None without a head)."""
+        (None when the format does not record it: timm), `representation_size`,
+        `num_classes` (None without a head)."""
         try:
-            patch_kernel = self.mapped("patch_embedding/kernel")  # [ph, pw, C, D]
+            patch_kernel = self.mapped("patch_embedding/projection/kernel")  # [ph, pw, C, D]
             mlp_kernel = self.mapped("encoder_block_{i}/mlp_dense_1/kernel")  # [D, M]
-            positions = self.mapped("position_embedding/embedding")  # [1, T, D]
             pre_logits = self.mapped("pre_logits/kernel")
             head = self.mapped("head/kernel")
             return dict(
@@ -87,8 +99,6 @@ class Checkpoint:
                 patch_size=tuple(int(s) for s in patch_kernel.shape[:2]),
                 num_channels=int(patch_kernel.shape[2]),
                 num_heads=self._num_heads(),
-                class_token=self.mapped("class_token/token") is not None,
-                num_position_tokens=None if positions is None else int(np.prod(positions.shape[:-1])),
                 representation_size=None if pre_logits is None else int(pre_logits.shape[-1]),
                 num_classes=None if head is None else int(head.shape[-1]),
             )
@@ -96,6 +106,37 @@ class Checkpoint:
             raise CheckpointError(
                 f"{self.description}: its patch embedding or MLP tensors do not have ViT shapes ({error})."
             ) from None
+
+    @property
+    def family_options(self):
+        """The `ViTConfig` options the tensors show: the tokens (class, distillation, how many
+        registers), LayerScale, the pre-norm and the patch bias, the pooling head (an
+        attention pool, a norm after pooling, or neither: None) and whether the position
+        embedding has rows for the prefix tokens (None when its rows cannot tell)."""
+        registers = self.mapped("register_tokens/token")
+        options = dict(
+            class_token=self.has("class_token/token"),
+            distillation_token=self.has("distillation_token/token"),
+            num_register_tokens=0 if registers is None else int(registers.shape[1]),
+            layer_scale=self.has("encoder_block_{i}/attention_scale/gamma"),
+            pre_norm=self.has("pre_norm/gamma"),
+            patch_bias=self.has("patch_embedding/projection/bias"),
+            pooling="map" if self.has("attention_pooling/latent") else ("gap" if self.has("fc_norm/gamma") else None),
+            fc_norm=self.has("fc_norm/gamma"),
+        )
+        prefix = int(options["class_token"]) + int(options["distillation_token"]) + options["num_register_tokens"]
+        options["embed_prefix_tokens"] = self._embeds_prefix_tokens(prefix)
+        return options
+
+    def _embeds_prefix_tokens(self, num_prefix_tokens):
+        """True when the position embedding has rows for the prefix tokens, False when it
+        covers the patch grid alone (timm's no_embed_class), None when it cannot tell."""
+        if not self.has("position_embedding/embedding"):
+            return None
+        if num_prefix_tokens == 0:
+            return True  # nothing to tell apart
+        with_prefix, grid_only = self.grid_size(num_prefix_tokens) is not None, self.grid_size(0) is not None
+        return with_prefix if with_prefix != grid_only else None
 
     def _num_heads(self):
         if self.format == "npz":
@@ -105,11 +146,14 @@ class Checkpoint:
             return int(self.hf_config["num_attention_heads"])
         return None
 
-    def source_grid_size(self, num_prefix_tokens):
-        """The patch grid (rows, cols) of the position embedding: from config.json when there
-        is one, else the square root of the number of grid tokens; None if not square."""
+    def grid_size(self, num_prefix_tokens):
+        """The patch grid (rows, cols) of the position embedding, `num_prefix_tokens` of its
+        rows not being grid rows: from config.json when there is one, else the square root of
+        the number of grid rows; None if that is not a square."""
         positions = self.mapped("position_embedding/embedding")
         num_grid_tokens = int(np.prod(positions.shape[:-1])) - num_prefix_tokens
+        if num_grid_tokens <= 0:
+            return None
         if self.hf_config is not None and "image_size" in self.hf_config:
             image, patch = (self.hf_config[k] for k in ("image_size", "patch_size"))
             image = image if isinstance(image, (list, tuple)) else (image, image)
@@ -135,6 +179,8 @@ def _detect_format(keys, path):
 
 
 def _normalise_names(tensors, fmt, prefix, path):
+    if fmt in PREFIX_ONLY_FORMATS:
+        tensors = {k: v for k, v in tensors.items() if k.startswith(prefix)}
     tensors = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v for k, v in tensors.items()}
     if fmt != "npz":
         return tensors
@@ -171,8 +217,8 @@ def _check_hf_config(config, path):
     problems = []
     if model_type != "vit":
         problems.append(f"model_type {model_type!r} (only 'vit' is a plain ViT)")
-    if config.get("hidden_act", "gelu") not in _HF_GELU_APPROXIMATE:
-        problems.append(f"hidden_act {config['hidden_act']!r} (expected one of {sorted(_HF_GELU_APPROXIMATE)})")
+    if config.get("hidden_act", "gelu") not in _HF_ACTIVATIONS:
+        problems.append(f"hidden_act {config['hidden_act']!r} (expected one of {sorted(_HF_ACTIVATIONS)})")
     if not config.get("qkv_bias", True):
         problems.append("qkv_bias false (keras_vit's q/k/v projection has a bias)")
     if config.get("pooler_act", "tanh") != "tanh":

@@ -1,8 +1,11 @@
 """Loading a checkpoint into a keras_vit model: validate everything, then assign.
 
-`load_weights` first turns every checkpoint tensor into the value of a model variable and
-collects every problem (missing or unexpected tensors, wrong shapes, another variant); only
-when there is none does it assign, so a model is never left half-loaded.
+`config_for_checkpoint` lets a checkpoint decide the options its tensors show (its tokens,
+LayerScale, pre-norm, pooling head, classifier) and its source's numerics, and refuses
+options the caller passed that contradict it. `load_checkpoint` then turns every checkpoint
+tensor into the value of a model variable and collects every problem (another variant or
+family, missing or unexpected tensors, wrong shapes); only when there is none does it
+assign, so a model is never left half-loaded.
 """
 
 import logging
@@ -18,51 +21,27 @@ from keras_vit.weights.named import match_variant, resolve_weights
 
 logger = logging.getLogger("keras_vit.weights")
 
-# The config fields a checkpoint decides unless the caller set them.
-SOURCE_DECIDED_FIELDS = ("num_classes", "representation_size", "gelu_approximate", "layer_norm_epsilon")
+# The config fields a checkpoint (its tensors, or its source's rules) decides unless the
+# caller set them.
+SOURCE_DECIDED_FIELDS = (
+    "num_classes", "representation_size", "mlp_activation", "layer_norm_epsilon",
+    "class_token", "distillation_token", "num_register_tokens", "embed_prefix_tokens",
+    "layer_scale_init", "pre_norm", "patch_bias", "pooling", "fc_norm",
+)
+# LayerScale's initial value, which no checkpoint records (its gammas are loaded over it).
+DEFAULT_LAYER_SCALE_INIT = 1e-5
 _ARCHITECTURE_FIELDS = ("hidden_dim", "num_layers", "num_heads", "mlp_dim", "patch_size", "num_channels")
+# Parts of a checkpoint a model may leave out: the classifiers (include_top=False) and, for
+# the token sequence (pooling=None), the pooling head.
+_HEAD_PARTS = ("head/", "head_dist/")
+_POOLING_PARTS = ("attention_pooling/", "fc_norm/")
 _MAX_LISTED = 12
 
 
-def _layers_by_name(model):
-    return {layer.name: layer for layer in model.layers}
-
-
 def model_variables(model):
-    """`{mapping target: variable}` of a keras_vit model (targets as in `mapping.py`)."""
+    """`{variable path: variable}` of a keras_vit model (the targets of `mapping.py`)."""
     config_of(model)  # a keras_vit model, or a clear error
-    layers = _layers_by_name(model)
-    variables = {
-        "patch_embedding/kernel": layers["patch_embedding"].projection.kernel,
-        "patch_embedding/bias": layers["patch_embedding"].projection.bias,
-        "position_embedding/embedding": layers["position_embedding"].embedding,
-        "encoder_norm/gamma": layers["encoder_norm"].gamma,
-        "encoder_norm/beta": layers["encoder_norm"].beta,
-    }
-    if "class_token" in layers:
-        variables["class_token/token"] = layers["class_token"].token
-    for name in ("pre_logits", "head"):
-        if name in layers:
-            variables[f"{name}/kernel"], variables[f"{name}/bias"] = layers[name].kernel, layers[name].bias
-    i = 0
-    while f"encoder_block_{i}" in layers:
-        block = layers[f"encoder_block_{i}"]
-        for part, layer in (
-            ("attention_norm", block.attention_norm),
-            ("mlp_norm", block.mlp_norm),
-        ):
-            variables[f"encoder_block_{i}/{part}/gamma"] = layer.gamma
-            variables[f"encoder_block_{i}/{part}/beta"] = layer.beta
-        for part, layer in (
-            ("attention/qkv", block.attention.qkv),
-            ("attention/output", block.attention.output_projection),
-            ("mlp_dense_1", block.mlp_dense_1),
-            ("mlp_dense_2", block.mlp_dense_2),
-        ):
-            variables[f"encoder_block_{i}/{part}/kernel"] = layer.kernel
-            variables[f"encoder_block_{i}/{part}/bias"] = layer.bias
-        i += 1
-    return variables
+    return {variable.path: variable for variable in model.weights}
 
 
 def _architecture(config):
@@ -75,6 +54,55 @@ def _architecture_mismatches(model_arch, checkpoint_arch):
         for key in _ARCHITECTURE_FIELDS
         if checkpoint_arch.get(key) is not None and model_arch.get(key) is not None and checkpoint_arch[key] != model_arch[key]
     ]
+
+
+def _family_of_config(config):
+    """A config's family options, in the terms of `Checkpoint.family_options`."""
+    return dict(
+        class_token=config.class_token,
+        distillation_token=config.distillation_token,
+        num_register_tokens=config.num_register_tokens,
+        layer_scale=config.layer_scale_init is not None,
+        pre_norm=config.pre_norm,
+        patch_bias=config.patch_bias,
+        embed_prefix_tokens=config.embed_prefix_tokens,
+        fc_norm=config.fc_norm,
+        map=config.pooling == "map",
+    )
+
+
+# What each family option is called in an error, and the config keyword that sets it.
+_FAMILY_WORDS = {
+    "class_token": ("class token", "class_token"),
+    "distillation_token": ("distillation token", "distillation_token"),
+    "num_register_tokens": ("register tokens", "num_register_tokens"),
+    "layer_scale": ("LayerScale", "layer_scale_init"),
+    "pre_norm": ("a LayerNorm after the embeddings", "pre_norm"),
+    "patch_bias": ("a patch-embedding bias", "patch_bias"),
+    "embed_prefix_tokens": ("position-embedding rows for the prefix tokens", "embed_prefix_tokens"),
+    "fc_norm": ("the norm after pooling (fc_norm)", "fc_norm"),
+    "map": ("an attention-pooling (MAP) head", "pooling='map'"),
+}
+
+
+def _family_mismatches(config, checkpoint):
+    """How the model's family options differ from what the checkpoint's tensors show."""
+    shown = dict(checkpoint.family_options, map=checkpoint.family_options["pooling"] == "map")
+    model = _family_of_config(config)
+    problems = []
+    for key, (words, keyword) in _FAMILY_WORDS.items():
+        if shown.get(key) is None or shown[key] == model[key]:
+            continue
+        if key == "map" and config.pooling is None:
+            continue  # the token sequence: the pooling head is left out
+        if key == "embed_prefix_tokens" and not config.num_prefix_tokens:
+            continue  # no prefix tokens: both embeddings are the same
+        if key == "num_register_tokens":
+            problems.append(f"{words}: the checkpoint has {shown[key]}, the model {model[key]} ({keyword}={config.num_register_tokens})")
+        else:
+            has = lambda value: "has" if value else "has no"  # noqa: E731
+            problems.append(f"{words}: the checkpoint {has(shown[key])} {'it' if shown[key] else 'such part'}, the model {has(model[key])} ({keyword})")
+    return problems
 
 
 def _listing(lines):
@@ -101,15 +129,9 @@ class _Plan:
 
 
 def _decide_optional_parts(plan, values, variables):
-    """Class token, pre-logits layer and classifier: the model decides which it has; the
-    checkpoint's are loaded, dropped, or (classifier) re-created zero-initialised."""
-    if ("class_token/token" in values) != ("class_token/token" in variables):
-        plan.problems.append(
-            "class token: the checkpoint has one and the model has none (pooling='gap' with class_token=False?)"
-            if "class_token/token" in values
-            else "class token: the model has one and the checkpoint has none (a 'gap' model: pass pooling='gap')"
-        )
-    recreate_head = None
+    """Pre-logits layer and classifiers: the model decides which it has; the checkpoint's
+    are loaded, dropped, or (classifiers) re-created zero-initialised."""
+    recreate = None
     if "pre_logits/kernel" in variables and "pre_logits/kernel" not in values:
         plan.problems.append("pre-logits layer: the model has one (representation_size) and the checkpoint has none")
     elif "pre_logits/kernel" in values and "pre_logits/kernel" not in variables:
@@ -118,36 +140,38 @@ def _decide_optional_parts(plan, values, variables):
         for key in ("pre_logits/kernel", "pre_logits/bias"):
             values.pop(key, None)
         if "head/kernel" in variables and "head/kernel" in values:
-            recreate_head = "its classifier was trained on the dropped pre-logits layer"
-    if "head/kernel" in variables:
-        model_shape = tuple(variables["head/kernel"].shape)
-        if "head/kernel" not in values:
-            recreate_head = "the checkpoint has no classifier"
-        elif recreate_head is None and values["head/kernel"].shape != model_shape:
-            recreate_head = f"the checkpoint's classifier has {values['head/kernel'].shape[-1]} classes"
-        if recreate_head:
-            values["head/kernel"] = np.zeros(model_shape, np.float32)
-            values["head/bias"] = np.zeros(tuple(variables["head/bias"].shape), np.float32)
-            plan.notes.append(f"Re-created the classifier (head) with {model_shape[-1]} classes, zero-initialised: {recreate_head}.")
-    else:
-        for key in ("head/kernel", "head/bias"):
-            values.pop(key, None)
+            recreate = "its classifier was trained on the dropped pre-logits layer"
+    for head in ("head", "head_dist"):
+        if f"{head}/kernel" not in variables:
+            for key in (f"{head}/kernel", f"{head}/bias"):
+                values.pop(key, None)
+            continue
+        model_shape = tuple(variables[f"{head}/kernel"].shape)
+        reason = recreate
+        if f"{head}/kernel" not in values:
+            reason = "the checkpoint has no classifier"
+        elif reason is None and values[f"{head}/kernel"].shape != model_shape:
+            reason = f"the checkpoint's classifier has {values[f'{head}/kernel'].shape[-1]} classes"
+        if reason:
+            values[f"{head}/kernel"] = np.zeros(model_shape, np.float32)
+            values[f"{head}/bias"] = np.zeros(tuple(variables[f"{head}/bias"].shape), np.float32)
+            plan.notes.append(f"Re-created the classifier ({head}) with {model_shape[-1]} classes, zero-initialised: {reason}.")
 
 
-def _fit_position_embedding(plan, values, variables, layer, checkpoint, resize_method, source_grid_size):
+def _fit_position_embedding(plan, values, variables, config, checkpoint, resize_method, source_grid_size):
     """Resizes the checkpoint's position embedding on the patch grid when the image size
-    differs, with the source's method unless `resize_method` says otherwise."""
+    differs (its prefix rows kept; none in a grid-only embedding), with the source's method
+    unless `resize_method` says otherwise, as timm's `checkpoint_filter_fn`."""
     embedding = values.get("position_embedding/embedding")
     if embedding is None:
         return
     embedding = embedding.reshape(1, -1, embedding.shape[-1])
     values["position_embedding/embedding"] = embedding
     target_shape = tuple(variables["position_embedding/embedding"].shape)
-    same_prefix = ("class_token/token" in variables) == ("class_token/token" in values)
-    if embedding.shape == target_shape or embedding.shape[-1] != target_shape[-1] or not same_prefix:
+    if embedding.shape == target_shape or embedding.shape[-1] != target_shape[-1]:
         return  # nothing to resize, or a mismatch reported elsewhere
-    prefix = layer.num_prefix_tokens
-    grid = tuple(source_grid_size) if source_grid_size is not None else checkpoint.source_grid_size(prefix)
+    prefix = config.num_prefix_tokens if config.embed_prefix_tokens else 0
+    grid = tuple(source_grid_size) if source_grid_size is not None else checkpoint.grid_size(prefix)
     if grid is None or grid[0] * grid[1] != embedding.shape[1] - prefix:
         plan.problems.append(
             f"position embedding: cannot tell the patch grid of the checkpoint's {embedding.shape[1] - prefix} "
@@ -155,27 +179,17 @@ def _fit_position_embedding(plan, values, variables, layer, checkpoint, resize_m
         )
         return
     method = resize_method or checkpoint.numerics["resize_method"]
-    values["position_embedding/embedding"] = resize_position_embedding(embedding, grid, layer.grid_size, prefix, method)
+    values["position_embedding/embedding"] = resize_position_embedding(embedding, grid, config.grid_size, prefix, method)
     plan.notes.append(
         f"Resized the position embedding from the checkpoint's {grid[0]}x{grid[1]} patch grid to "
-        f"{layer.grid_size[0]}x{layer.grid_size[1]} ({method})."
+        f"{config.grid_size[0]}x{config.grid_size[1]} ({method})."
     )
 
 
-def _plan_load(model, checkpoint, resize_method=None, source_grid_size=None):
-    config = config_of(model)
-    variables = model_variables(model)
-    layers = _layers_by_name(model)
-    num_blocks = config.num_layers
-    plan = _Plan()
-    used = set()
-
-    problems = _architecture_mismatches(_architecture(config), checkpoint.architecture)
-    if problems:  # another variant: the per-tensor list would only repeat this
-        plan.problems = problems
-        return plan
-
-    values, sources_of = {}, {}
+def _checkpoint_values(plan, checkpoint, num_blocks):
+    """{target: Keras-layout value} of every mapping target the checkpoint has tensors for,
+    the source keys of each target, and the checkpoint keys that were used."""
+    values, sources_of, used = {}, {}, set()
     for template, (transform, *source_templates) in MAPPINGS[checkpoint.format].items():
         for i in range(num_blocks) if "{i}" in template else [None]:
             target = template.format(i=i)
@@ -193,18 +207,36 @@ def _plan_load(model, checkpoint, resize_method=None, source_grid_size=None):
             except (ValueError, IndexError) as error:
                 shapes = ", ".join(f"{s} {list(checkpoint.tensors[s].shape)}" for s in sources)
                 plan.problems.append(f"{shapes}: not the layout of {target} ({error})")
+    return values, sources_of, used
 
+
+def _plan_load(model, checkpoint, resize_method=None, source_grid_size=None):
+    config = config_of(model)
+    variables = model_variables(model)
+    plan = _Plan()
+
+    # Another variant or another family: the per-tensor list would only repeat it.
+    plan.problems = _architecture_mismatches(_architecture(config), checkpoint.architecture) or _family_mismatches(config, checkpoint)
+    if plan.problems:
+        return plan
+
+    values, sources_of, used = _checkpoint_values(plan, checkpoint, config.num_layers)
     unexpected = sorted(set(checkpoint.tensors) - used - set(IGNORED_KEYS[checkpoint.format]))
     if unexpected:
         plan.problems.append(f"unexpected tensors (not part of this model): {', '.join(unexpected)}")
+    for target in [t for t in values if t not in variables]:
+        if target.startswith(_POOLING_PARTS) and config.pooling is None:
+            values.pop(target)  # the token sequence: no pooling head
+        elif not target.startswith(_HEAD_PARTS + ("pre_logits/",)):  # those: `_decide_optional_parts`
+            plan.problems.append(f"{target}: the checkpoint has it ({', '.join(sources_of[target])}), the model has no such weight")
 
     _decide_optional_parts(plan, values, variables)
-    _fit_position_embedding(plan, values, variables, layers["position_embedding"], checkpoint, resize_method, source_grid_size)
+    _fit_position_embedding(plan, values, variables, config, checkpoint, resize_method, source_grid_size)
 
     for target, variable in variables.items():
         if target not in values:
-            if not target.startswith(("class_token/", "pre_logits/")):  # reported above
-                wanted = ", ".join(sources_of.get(target, ["?"]))
+            if not target.startswith("pre_logits/"):  # reported above
+                wanted = ", ".join(sources_of.get(target, ["(no tensor of this format)"]))
                 plan.problems.append(f"missing tensor {wanted} (for {target} {list(variable.shape)})")
             continue
         value = values[target]
@@ -217,12 +249,11 @@ def _plan_load(model, checkpoint, resize_method=None, source_grid_size=None):
 
 def _warn_on_numerics(config, checkpoint):
     expected = checkpoint.numerics
-    if config.gelu_approximate != expected["gelu_approximate"]:
-        forms = {True: "tanh-approximate", False: "exact (erf)"}
+    if config.mlp_activation != expected["mlp_activation"]:
         logger.warning(
-            f"The model uses {forms[config.gelu_approximate]} GELU, {checkpoint.format} checkpoints usually "
-            f"{forms[expected['gelu_approximate']]}: outputs may differ from the source by about 1e-4 "
-            f"(build with gelu_approximate={expected['gelu_approximate']} to match it)."
+            f"The model's MLP uses {config.mlp_activation}, {checkpoint.format} checkpoints usually "
+            f"{expected['mlp_activation']}: outputs may differ from the source (about 1e-4 between the two "
+            f"GELU forms; build with mlp_activation={expected['mlp_activation']!r} to match it)."
         )
     if not np.isclose(config.layer_norm_epsilon, expected["layer_norm_epsilon"], rtol=1e-3, atol=0.0):
         logger.warning(
@@ -257,14 +288,17 @@ def load_weights(model, weights, *, resize_method=None, source_grid_size=None):
     Args:
         model: a model built by keras_vit (`VisionTransformer`, `ViTB16`, `build_vit`, ...).
         weights: a checkpoint: an original ViT `.npz`, a timm `.safetensors`, a Hugging Face
-            folder (`config.json` + `model.safetensors`), a URL to a file, or a weights name
+            folder (`config.json` + `model.safetensors`), an OpenAI CLIP / OpenCLIP
+            `.safetensors`, a URL to a file, or a weights name
             (`keras_vit.weights.available_weights()`).
         resize_method: `"bilinear"` or `"bicubic"` for the position embedding when the
-            image size differs; default: the source's own (original ViT bilinear, timm and
-            Hugging Face bicubic).
+            image size differs; default: the source's own (original ViT bilinear, the others
+            bicubic).
         source_grid_size: (rows, cols) of the checkpoint's patch grid, only needed for a
             non-square grid without a config.json.
 
+    The model's architecture and family (tokens, LayerScale, pooling head, ...) must be the
+    checkpoint's; build it with `weights=` to have them read from the checkpoint.
     Fine-tuning semantics: a classifier of another size (or none in the checkpoint) is
     re-created zero-initialised; a model without a head skips the checkpoint's; a model
     without a pre-logits layer drops the checkpoint's (and re-creates the classifier that
@@ -283,24 +317,108 @@ def load_weights(model, weights, *, resize_method=None, source_grid_size=None):
     return load_checkpoint(model, checkpoint, resize_method=resize_method, source_grid_size=source_grid_size)
 
 
-def config_for_checkpoint(config, checkpoint, explicit=()):
+def config_for_checkpoint(config, checkpoint, explicit=(), decided=None):
     """`config` with the options that `checkpoint` decides, except those in `explicit`.
 
-    A checkpoint decides `num_classes` (its classifier, with `include_top`),
-    `representation_size` (its pre-logits layer, or None), and `gelu_approximate` and
-    `layer_norm_epsilon` (how its source computes). Its architecture (width, depth, heads,
-    MLP, patch) must be the config's; the image size may differ.
+    A checkpoint decides what its tensors show: `num_classes` (its classifier, with
+    `include_top`), `representation_size` (its pre-logits layer, or None), its tokens
+    (`class_token`, `distillation_token`, `num_register_tokens`), `embed_prefix_tokens`,
+    `layer_scale_init` (LayerScale or None), `pre_norm`, `patch_bias`, and its pooling head
+    (`pooling` "map" with an attention pool, "gap" + `fc_norm` with a norm after pooling,
+    else "token" with a class token and "gap" without); and, by its source's rules,
+    `mlp_activation` and `layer_norm_epsilon`. `decided` (e.g. a named-weights entry's
+    options) overrides the source's rules. Its architecture (width, depth, heads, MLP,
+    patch) must be the config's; the image size may differ.
 
     Raises:
-        CheckpointError: the architectures differ (the message lists how).
+        CheckpointError: the architectures differ, or an option in `explicit` contradicts the
+            checkpoint (the message names both).
     """
     arch = checkpoint.architecture
     mismatches = _architecture_mismatches(_architecture(config), arch)
     if mismatches:
         variant = match_variant(config.hidden_dim, config.num_layers, config.num_heads, config.mlp_dim, config.patch_size)
         raise _mismatch_error(checkpoint, f"a {variant or 'ViT'} with this config", mismatches)
-    decided = {key: value for key, value in checkpoint.numerics.items() if key in SOURCE_DECIDED_FIELDS}
-    decided["representation_size"] = arch["representation_size"]
+    rules = {key: value for key, value in checkpoint.numerics.items() if key in SOURCE_DECIDED_FIELDS}
+    rules.update(decided or {})
+    family = checkpoint.family_options
+    layer_scale_init = rules.pop("layer_scale_init", None) or config.layer_scale_init or DEFAULT_LAYER_SCALE_INIT
+    shown = dict(
+        class_token=family["class_token"],
+        distillation_token=family["distillation_token"],
+        num_register_tokens=family["num_register_tokens"],
+        layer_scale_init=layer_scale_init if family["layer_scale"] else None,
+        pre_norm=family["pre_norm"],
+        patch_bias=family["patch_bias"],
+        fc_norm=family["fc_norm"],
+        pooling=family["pooling"] or ("token" if family["class_token"] else "gap"),
+        representation_size=arch["representation_size"],
+    )
+    if family["embed_prefix_tokens"] is not None:
+        shown["embed_prefix_tokens"] = family["embed_prefix_tokens"]
     if config.include_top and arch["num_classes"] is not None:
-        decided["num_classes"] = arch["num_classes"]
-    return config.replace(**{key: value for key, value in decided.items() if key not in explicit})
+        shown["num_classes"] = arch["num_classes"]
+    contradictions = [
+        _contradiction(key, getattr(config, key), shown[key], checkpoint)
+        for key in sorted(set(explicit) & set(shown))
+        if not _compatible(key, getattr(config, key), shown[key], config)
+    ]
+    if contradictions:
+        raise CheckpointError(f"The {checkpoint.description} contradicts options passed:\n{_listing(contradictions)}")
+    changes = {key: value for key, value in {**rules, **shown}.items() if key not in explicit}
+    return config.replace(**changes)
+
+
+def _compatible(key, asked, shown, config):
+    """Whether an option the caller passed can be loaded from a checkpoint that shows `shown`."""
+    if key in ("num_classes", "representation_size"):
+        return True  # fine-tuning: a classifier is re-created, a pre-logits layer dropped
+    if key == "layer_scale_init":
+        return (asked is None) == (shown is None)  # the initial value itself is not recorded
+    if key == "pooling":
+        # The token sequence (None) leaves any head out; a class-token checkpoint may be
+        # mean-pooled instead.
+        return asked is None or asked == shown or (asked == "gap" and shown == "token")
+    return asked == shown
+
+
+def _contradiction(key, asked, shown, checkpoint):
+    sources = {
+        "class_token": "cls_token", "distillation_token": "dist_token", "num_register_tokens": "reg_token",
+        "layer_scale_init": "LayerScale gammas", "pre_norm": "the pre-norm", "patch_bias": "the patch bias",
+        "fc_norm": "fc_norm", "pooling": "the pooling head", "embed_prefix_tokens": "the position embedding's rows",
+    }
+    return f"{key}={asked!r} was passed, the checkpoint shows {key}={shown!r} (from {sources.get(key, key)})"
+
+
+def inspect_checkpoint(path):
+    """What `VisionTransformer(weights=path)` would build, without building it.
+
+    Returns a dict: `path`, `format`, `sizes` (what the tensors show: hidden_dim,
+    num_layers, num_heads (None when the format does not record it), mlp_dim, patch_size,
+    num_channels), `options` (the `ViTConfig` options the checkpoint decides: tokens,
+    LayerScale, pre-norm, patch bias, pooling, fc_norm, embed_prefix_tokens, numerics),
+    `grid` (the position embedding's patch grid, or None when it is not square),
+    `num_classes` (None without a classifier), `representation_size`.
+    """
+    checkpoint = read_checkpoint(resolve_weights(path))
+    arch = checkpoint.architecture
+    family = checkpoint.family_options
+    prefix = int(family["class_token"]) + int(family["distillation_token"]) + family["num_register_tokens"]
+    options = {key: value for key, value in family.items() if key != "layer_scale"}
+    options["layer_scale"] = family["layer_scale"]
+    options["pooling"] = family["pooling"] or ("token" if family["class_token"] else "gap")
+    options.update({k: v for k, v in checkpoint.numerics.items() if k != "resize_method"})
+    grid = None
+    if checkpoint.has("position_embedding/embedding"):
+        grid = checkpoint.grid_size(prefix if family["embed_prefix_tokens"] is not False else 0)
+    return {
+        "path": checkpoint.path,
+        "format": checkpoint.format,
+        "sizes": {key: arch[key] for key in _ARCHITECTURE_FIELDS},
+        "options": options,
+        "grid": grid,
+        "num_classes": arch["num_classes"],
+        "representation_size": arch["representation_size"],
+        "resize_method": checkpoint.numerics["resize_method"],
+    }

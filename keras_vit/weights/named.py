@@ -1,26 +1,66 @@
 """Named pretrained weights, and turning `weights=` (name, URL or path) into a local file.
 
-The AugReg checkpoints ("How to train your ViT", Steiner et al. 2021) are the ones timm
-and the google-research/vision_transformer README recommend per model: ImageNet-21k
-pre-training (21843 classes), and the same fine-tuned on ImageNet-1k at 224 px. The paper
-checkpoints (Dosovitskiy et al. 2021) are ImageNet-21k with the pre-logits layer.
+Each entry says where the weights are (their URL and format), what the tensors do not say
+(the MLP activation and LayerNorm epsilon of their source, LayerScale's initial value), and
+what the publisher says the inputs and outputs are (their `Preprocessing` and label set),
+so that `ViTB16(weights="deit3_in1k")` builds the model and the image path it was trained
+with. Preprocessing and label sets are those of timm's pretrained configs (timm 1.0.x,
+`vision_transformer.py` / `deit.py` `_cfg` entries), as of 2026-12-01.
+
+- AugReg ("How to train your ViT", Steiner et al. 2021): ImageNet-21k pre-training (21843
+  classes), and the same fine-tuned on ImageNet-1k at 224 px; the ones timm and the
+  google-research/vision_transformer README recommend. The paper checkpoints (Dosovitskiy
+  et al. 2021) are ImageNet-21k with the pre-logits layer.
+- DeiT-3 (Touvron et al. 2022): LayerScale, a grid-only position embedding.
+- DeiT distilled (Touvron et al. 2021): a distillation token and a second classifier.
+- DINOv2 (Oquab et al. 2024) and DINOv2 with registers (Darcet et al. 2024): self-supervised
+  features at 518 px (no classifier), LayerScale.
+- OpenAI CLIP (Radford et al. 2021) image tower: a pre-norm, no patch bias, QuickGELU, its
+  projection to the 512-wide joint embedding as the "classifier"; and the same fine-tuned on
+  ImageNet-1k by timm.
+- SigLIP (Zhai et al. 2023): no class token, attention pooling (MAP head), no classifier.
+- MAE (He et al. 2022): the pre-trained encoder (no classifier). The fine-tuned MAE
+  ImageNet-1k weights are published only as torch pickles, which keras_vit does not read.
 """
 
+import dataclasses
 import os
-import typing
 import urllib.parse
 
 import keras
 
 from keras_vit.config import MODEL_SIZES, VARIANTS
+from keras_vit.preprocessing import Preprocessing
 from keras_vit.weights.errors import CheckpointError
 
+# Normalisations of timm's data/constants.py.
+INCEPTION = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic", crop_mode="center", crop_fraction=0.9)
+IMAGENET = dataclasses.replace(INCEPTION, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+OPENAI_CLIP = dataclasses.replace(INCEPTION, mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
 
-class NamedWeights(typing.NamedTuple):
+
+@dataclasses.dataclass(frozen=True)
+class NamedWeights:
+    """One published checkpoint.
+
+    url: where it downloads from; format: its layout (a key of `mapping.FORMAT_NAMES`).
+    num_classes: its classifier's outputs (None: it has none, a feature extractor).
+    image_size: the side it was trained at (its position embedding's grid).
+    options: `ViTConfig` options the tensors do not show (`mlp_activation`,
+        `layer_norm_epsilon`, `layer_scale_init`).
+    preprocessing, labels: what its inputs and outputs are (labels: a label-set name, or
+        None for features and embeddings).
+    """
+
     url: str
-    num_classes: int
+    format: str
+    num_classes: int | None
     image_size: int
     description: str
+    options: dict = dataclasses.field(default_factory=dict)
+    preprocessing: Preprocessing = INCEPTION
+    labels: str | None = None
+    license: str = "apache-2.0"
 
 
 _AUGREG = "https://storage.googleapis.com/vit_models/augreg/"
@@ -36,19 +76,86 @@ _AUGREG_RUNS = (
 )
 _PAPER_RUNS = (("ViTB16", "ViT-B_16"), ("ViTB32", "ViT-B_32"), ("ViTL16", "ViT-L_16"), ("ViTL32", "ViT-L_32"), ("ViTH14", "ViT-H_14"))
 
+
+def _timm(name, file_name="model.safetensors"):
+    """The Hugging Face hub URL of a timm checkpoint (`arch.tag`)."""
+    return f"https://huggingface.co/timm/{name}/resolve/main/{file_name}"
+
+
+_DEIT3 = dict(layer_scale_init=1e-6)
+_DINOV2 = dict(layer_scale_init=1e-5)
+_CLIP = dict(layer_norm_epsilon=1e-5)
+_DINOV2_PREPROCESSING = dataclasses.replace(IMAGENET, crop_fraction=1.0)
+# (variant, name, NamedWeights) of the later ViT families, all timm-format unless said.
+_FAMILY_WEIGHTS = (
+    ("ViTS16", "deit3_in1k", NamedWeights(_timm("deit3_small_patch16_224.fb_in1k"), "timm", 1000, 224, "DeiT-3, ImageNet-1k", _DEIT3, IMAGENET, "imagenet1k")),
+    ("ViTS16", "deit3_in21k_ft_in1k", NamedWeights(
+        _timm("deit3_small_patch16_224.fb_in22k_ft_in1k"), "timm", 1000, 224, "DeiT-3, ImageNet-21k, fine-tuned on ImageNet-1k",
+        _DEIT3, dataclasses.replace(IMAGENET, crop_fraction=1.0), "imagenet1k")),
+    ("ViTB16", "deit3_in1k", NamedWeights(_timm("deit3_base_patch16_224.fb_in1k"), "timm", 1000, 224, "DeiT-3, ImageNet-1k", _DEIT3, IMAGENET, "imagenet1k")),
+    ("ViTB16", "deit3_in21k_ft_in1k", NamedWeights(
+        _timm("deit3_base_patch16_224.fb_in22k_ft_in1k"), "timm", 1000, 224, "DeiT-3, ImageNet-21k, fine-tuned on ImageNet-1k",
+        _DEIT3, dataclasses.replace(IMAGENET, crop_fraction=1.0), "imagenet1k")),
+    ("ViTTi16", "deit_distilled_in1k", NamedWeights(
+        _timm("deit_tiny_distilled_patch16_224.fb_in1k"), "timm", 1000, 224, "DeiT distilled, ImageNet-1k", {}, IMAGENET, "imagenet1k")),
+    ("ViTS16", "deit_distilled_in1k", NamedWeights(
+        _timm("deit_small_distilled_patch16_224.fb_in1k"), "timm", 1000, 224, "DeiT distilled, ImageNet-1k", {}, IMAGENET, "imagenet1k")),
+    ("ViTB16", "deit_distilled_in1k", NamedWeights(
+        _timm("deit_base_distilled_patch16_224.fb_in1k"), "timm", 1000, 224, "DeiT distilled, ImageNet-1k", {}, IMAGENET, "imagenet1k")),
+    ("ViTS14", "dinov2", NamedWeights(
+        _timm("vit_small_patch14_dinov2.lvd142m"), "timm", None, 518, "DINOv2 features (LVD-142M)", _DINOV2, _DINOV2_PREPROCESSING)),
+    ("ViTB14", "dinov2", NamedWeights(
+        _timm("vit_base_patch14_dinov2.lvd142m"), "timm", None, 518, "DINOv2 features (LVD-142M)", _DINOV2, _DINOV2_PREPROCESSING)),
+    ("ViTL14", "dinov2", NamedWeights(
+        _timm("vit_large_patch14_dinov2.lvd142m"), "timm", None, 518, "DINOv2 features (LVD-142M)", _DINOV2, _DINOV2_PREPROCESSING)),
+    ("ViTS14", "dinov2_reg4", NamedWeights(
+        _timm("vit_small_patch14_reg4_dinov2.lvd142m"), "timm", None, 518, "DINOv2 with 4 registers, features", _DINOV2, _DINOV2_PREPROCESSING)),
+    ("ViTB14", "dinov2_reg4", NamedWeights(
+        _timm("vit_base_patch14_reg4_dinov2.lvd142m"), "timm", None, 518, "DINOv2 with 4 registers, features", _DINOV2, _DINOV2_PREPROCESSING)),
+    ("ViTL14", "dinov2_reg4", NamedWeights(
+        _timm("vit_large_patch14_reg4_dinov2.lvd142m"), "timm", None, 518, "DINOv2 with 4 registers, features", _DINOV2, _DINOV2_PREPROCESSING)),
+    ("ViTB16", "clip_openai", NamedWeights(
+        _timm("vit_base_patch16_clip_224.openai", "open_clip_model.safetensors"), "openai_clip", 512, 224,
+        "OpenAI CLIP image tower; the 512-wide image embedding as output", {}, OPENAI_CLIP, None, "mit")),
+    ("ViTB32", "clip_openai", NamedWeights(
+        _timm("vit_base_patch32_clip_224.openai", "open_clip_model.safetensors"), "openai_clip", 512, 224,
+        "OpenAI CLIP image tower; the 512-wide image embedding as output", {}, OPENAI_CLIP, None, "mit")),
+    ("ViTB16", "clip_openai_ft_in1k", NamedWeights(
+        _timm("vit_base_patch16_clip_224.openai_ft_in1k"), "timm", 1000, 224, "OpenAI CLIP, fine-tuned on ImageNet-1k by timm",
+        _CLIP, OPENAI_CLIP, "imagenet1k")),
+    ("ViTB32", "clip_openai_ft_in1k", NamedWeights(
+        _timm("vit_base_patch32_clip_224.openai_ft_in1k"), "timm", 1000, 224, "OpenAI CLIP, fine-tuned on ImageNet-1k by timm",
+        _CLIP, OPENAI_CLIP, "imagenet1k")),
+    ("ViTB16", "siglip_webli", NamedWeights(
+        _timm("vit_base_patch16_siglip_224.webli"), "timm", None, 224, "SigLIP image tower (WebLI): the MAP-pooled embedding")),
+    ("ViTB16", "mae", NamedWeights(
+        _timm("vit_base_patch16_224.mae"), "timm", None, 224, "MAE pre-trained encoder (features)", {}, IMAGENET, None, "cc-by-nc-4.0")),
+)
+
 # variant -> weights name -> NamedWeights
 PRETRAINED_WEIGHTS = {variant: {} for variant in VARIANTS}
 for _variant, _run, _lr in _AUGREG_RUNS:
     PRETRAINED_WEIGHTS[_variant]["augreg_in21k"] = NamedWeights(
-        f"{_AUGREG}{_run}.npz", 21843, 224, "AugReg, ImageNet-21k"
+        f"{_AUGREG}{_run}.npz", "npz", 21843, 224, "AugReg, ImageNet-21k", labels="imagenet21k"
     )
     PRETRAINED_WEIGHTS[_variant]["augreg_in21k_ft_in1k"] = NamedWeights(
-        f"{_AUGREG}{_run}--imagenet2012-steps_20k-lr_{_lr}-res_224.npz", 1000, 224, "AugReg, ImageNet-21k, fine-tuned on ImageNet-1k"
+        f"{_AUGREG}{_run}--imagenet2012-steps_20k-lr_{_lr}-res_224.npz", "npz", 1000, 224,
+        "AugReg, ImageNet-21k, fine-tuned on ImageNet-1k", labels="imagenet1k",
     )
 for _variant, _file in _PAPER_RUNS:
     PRETRAINED_WEIGHTS[_variant]["in21k"] = NamedWeights(
-        f"{_PAPER_IN21K}{_file}.npz", 21843, 224, "ViT paper, ImageNet-21k, with the pre-logits layer"
+        f"{_PAPER_IN21K}{_file}.npz", "npz", 21843, 224, "ViT paper, ImageNet-21k, with the pre-logits layer", labels="imagenet21k"
     )
+for _variant, _name, _entry in _FAMILY_WEIGHTS:
+    PRETRAINED_WEIGHTS[_variant][_name] = _entry
+
+
+def named_weights(weights, variant):
+    """The `NamedWeights` entry `weights` names for `variant`, or None (a path, a URL, an
+    unknown name)."""
+    if not isinstance(weights, str) or os.path.exists(weights):
+        return None
+    return PRETRAINED_WEIGHTS.get(variant, {}).get(weights)
 
 
 def available_weights(variant=None):
@@ -80,8 +187,17 @@ def weights_cache_dir():
     return os.path.join(base, "models")
 
 
+def _cache_name(url):
+    """The file name a download is cached under: the URL's, with the repository in front for
+    hub URLs, whose file names (`model.safetensors`) repeat across repositories."""
+    parts = [part for part in urllib.parse.urlsplit(url).path.split("/") if part]
+    if "resolve" in parts:
+        return "--".join(parts[: parts.index("resolve")] + parts[-1:])
+    return parts[-1] if parts else "weights"
+
+
 def _download(url, what):
-    file_name = os.path.basename(urllib.parse.urlsplit(url).path)
+    file_name = _cache_name(url)
     cache_dir = weights_cache_dir()
     cached = os.path.join(cache_dir, file_name)
     if os.path.isfile(cached):
@@ -110,7 +226,7 @@ def resolve_weights(weights, variant=None):
         raise CheckpointError(f"weights must be a path, a URL or a weights name, got {weights!r}.")
     if "://" in weights:
         return _download(weights, "the weights")
-    named = PRETRAINED_WEIGHTS.get(variant, {}).get(weights)
+    named = named_weights(weights, variant)
     if named is not None:
         return _download(named.url, f"the weights {weights!r} of {variant}")
     if variant is None:
