@@ -1,6 +1,6 @@
 """`keras-vit export RUN_DIR_OR_MODEL [--formats ...] [--quantize ...] [--out DIR]`.
 
-With no --formats / --quantize, exports every format and every TFLite quantization, then
+With no --formats / --quantize, exports every format and the default quantizations, then
 prints the report table. Exit codes: 0 all verified, 1 an artifact failed verification,
 2 bad input (message on stderr, no trace).
 """
@@ -10,7 +10,7 @@ import pathlib
 import sys
 
 from keras_vit import console
-from keras_vit.export.formats import FORMATS, QUANTIZATIONS
+from keras_vit.export.formats import DEFAULT_QUANTIZATIONS, FORMATS, QUANTIZATIONS
 
 
 def build_parser():
@@ -23,9 +23,10 @@ def build_parser():
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {','.join(FORMATS)} (default: all)")
     parser.add_argument(
         "--quantize",
-        default=",".join(QUANTIZATIONS),
-        help=f"TFLite quantizations, comma-separated, from {','.join(QUANTIZATIONS)} (default: all); "
-        "SavedModel and ONNX are float32",
+        default=",".join(DEFAULT_QUANTIZATIONS),
+        help=f"comma-separated, from {','.join(QUANTIZATIONS)} (default: {','.join(DEFAULT_QUANTIZATIONS)}): "
+        "the TFLite variants; int8 also gives model_int8.onnx; full_int8 (every op int8, for "
+        "integer-only accelerators) is slow on a CPU; SavedModel is float32",
     )
     parser.add_argument("--out", default=None, help="output folder (default: RUN_DIR/export, or MODEL_export next to a .keras file)")
     parser.add_argument(

@@ -61,7 +61,8 @@ def _optimizers_in_place():
 
 
 def convert(model, opset=OPSET):
-    """Keras model -> `onnx.ModelProto` with a dynamic batch axis, checked by `onnx.checker`."""
+    """Keras model -> `onnx.ModelProto` with a dynamic batch axis (and dynamic `height` and
+    `width` for a model built with a dynamic image size), checked by `onnx.checker`."""
     import onnx
     import tensorflow as tf
     import tf2onnx
@@ -75,9 +76,10 @@ def convert(model, opset=OPSET):
             opset=opset,
             custom_op_handlers={"Erfc": (_erfc_handler, [])},
         )
-    batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
-    batch.dim_param = "batch"  # a readable name for the dynamic axis
-    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    for value, names in ((proto.graph.input[0], ("batch", "height", "width")), (proto.graph.output[0], ("batch",))):
+        for dim, name in zip(value.type.tensor_type.shape.dim, names):
+            if not dim.dim_value:
+                dim.dim_param = name  # readable names for the dynamic axes
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
@@ -96,6 +98,36 @@ def optimize(proto):
     fused, counts = onnx_fusions.fuse(proto)
     onnx.checker.check_model(fused, full_check=True)
     return fused, counts
+
+
+# What `quantize` makes int8: the matmuls and the fused attention. The patch convolution
+# stays float: onnxruntime's ConvInteger is slower than its float Conv on a CPU
+# (docs/benchmarks.md, "Measured facts").
+INT8_OP_TYPES = ("MatMul", "Gemm", "Attention")
+
+
+def quantize(proto):
+    """A float `onnx.ModelProto` (best: the fused graph of `optimize`) -> onnxruntime's dynamic
+    int8 `onnx.ModelProto`: int8 weights; activations quantized at run time (MatMulInteger,
+    which onnxruntime fuses into DynamicQuantizeMatMul when it loads the model, and
+    QAttention); LayerNorm, GELU and softmax stay float. No calibration data."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as folder:
+        output = os.path.join(folder, "int8.onnx")
+        quantize_dynamic(
+            proto,
+            output,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            # The contrib ops (Attention, Gelu) have no ONNX type inference: without this the
+            # quantizer fails with "Unable to find data type for weight_name=...".
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        return onnx.load(output)
 
 
 def describe(path):

@@ -32,8 +32,10 @@ import numpy as np
 from keras_vit import console, system
 from keras_vit.export import onnx_export, report, saved_model, source, tflite, verify
 from keras_vit.export.formats import (
+    DEFAULT_QUANTIZATIONS,
     FORMATS,
     ONNX_FILE_NAME,
+    ONNX_INT8_FILE_NAME,
     ONNX_OPTIMIZED_FILE_NAME,
     QUANTIZATIONS,
     REPORT_FILE,
@@ -79,7 +81,7 @@ def export(
     model_or_run_dir,
     out_dir,
     formats=FORMATS,
-    quantizations=QUANTIZATIONS,
+    quantizations=DEFAULT_QUANTIZATIONS,
     calibration=None,
     num_images=NUM_VERIFICATION_IMAGES,
     latency_repeats=verify.LATENCY_REPEATS,
@@ -91,7 +93,8 @@ def export(
         out_dir: where the artifacts and `export_report.{json,md}` go (replaced if it holds
             an earlier export; refused if it holds anything else).
         formats: names from `FORMATS` (a list or "a,b").
-        quantizations: names from `QUANTIZATIONS` for the TFLite models.
+        quantizations: names from `QUANTIZATIONS`: the TFLite variants, and "int8" also an
+            int8 ONNX model (`model_int8.onnx`).
         calibration: int8 calibration images: a run folder, a `.npy` file of uint8
             [N, H, W, 3] or a folder of images. Defaults to the run's train split.
         num_images: at most this many verification images.
@@ -103,15 +106,15 @@ def export(
     quantizations = parse_names(quantizations, QUANTIZATIONS, "quantization")
     out_dir = pathlib.Path(out_dir)
     _check_out_dir(out_dir)
-    needs_int8_data = "tflite" in formats and "int8" in quantizations
+    needs_int8_data = "tflite" in formats and bool(set(tflite.NEEDS_CALIBRATION) & set(quantizations))
 
     log(f"loading {model_or_run_dir}")
     src = source.load_source(model_or_run_dir)
     if needs_int8_data and src.run_dir is None and calibration is None:
         raise ExportError(
-            f"int8 request without data: {src.model_path} is a bare .keras file, so full-integer int8 "
+            f"int8 request without data: {src.model_path} is a bare .keras file, so static int8 "
             "needs calibration images (--calibration RUN_DIR|images.npy|IMAGE_FOLDER), or leave "
-            "int8 out of --quantize."
+            "int8 and full_int8 out of --quantize (dynamic needs none)."
         )
 
     log("loading verification images")
@@ -195,6 +198,7 @@ def _write_report(src, rows, folder, data_description, num_images, labelled, cal
         "latency_repeats": latency_repeats,
         "tolerances": verify.TOLERANCES,
         "artifacts": rows,
+        "speed": report.speed_summary(rows),
         "passed": all(row["passed"] for row in rows),
     }
     report.write(result, folder)
@@ -237,13 +241,22 @@ def _artifacts(src, formats, quantizations, calibration_images):
                 load=onnx_export.load_runner,
             )
         )
+        optimize_once = functools.cache(lambda: onnx_export.optimize(convert_once()))
         artifacts.append(
             Artifact(
                 "onnx_optimized", "onnx", "none", ONNX_OPTIMIZED_FILE_NAME, "float32",
-                build=lambda path: _build_onnx_optimized(convert_once(), path),
+                build=lambda path: _build_onnx_optimized(optimize_once(), path),
                 load=onnx_export.load_runner,
             )
         )
+        if "int8" in quantizations:
+            artifacts.append(
+                Artifact(
+                    "onnx_int8", "onnx", "int8", ONNX_INT8_FILE_NAME, "int8",
+                    build=lambda path: _build_onnx(onnx_export.quantize(optimize_once()[0]), path),
+                    load=onnx_export.load_runner,
+                )
+            )
     return artifacts
 
 
@@ -273,10 +286,10 @@ def _build_onnx(proto, path):
     return {"ops": details.pop("ops"), **details}
 
 
-def _build_onnx_optimized(proto, path):
+def _build_onnx_optimized(optimized, path):
     from keras_vit.export import onnx_fusions
 
-    fused, fused_ops = onnx_export.optimize(proto)
+    fused, fused_ops = optimized
     return {**_build_onnx(fused, path), "fused_ops": fused_ops, "not_fused": onnx_fusions.unfused_ops(fused)}
 
 
@@ -306,8 +319,16 @@ def _export_one(artifact, staging, x, reference, labels, images, src, latency_re
     log(f"{artifact.name}: verifying on {len(x)} images (batch 1 and {verify.BATCH_SIZE})")
     run = artifact.load(tmp_path)
     row.update(verify.verify(run, x, reference, labels, artifact.precision))
+    if src.config.dynamic_image_size:
+        if artifact.format == "tflite":
+            row["details"]["input_size"] = f"fixed {src.image_size[0]}x{src.image_size[1]} (TFLite; the model's size is dynamic)"
+        else:
+            size_check = _check_second_size(run, src, images, artifact.precision)
+            row["details"]["second_size"] = size_check
+            row["failures"] += size_check.pop("failures")
+            row["passed"] = not row["failures"]
     if artifact.format == "saved_model":
-        bytes_check = _check_bytes_signature(tmp_path, images, reference, src.class_names)
+        bytes_check = _check_bytes_signature(tmp_path, images, src)
         row["details"]["bytes_signature"] = bytes_check
         row["failures"] += bytes_check.pop("failures")
         row["passed"] = not row["failures"]
@@ -326,11 +347,34 @@ def _export_one(artifact, staging, x, reference, labels, images, src, latency_re
     return row
 
 
-def _check_bytes_signature(path, images, reference, class_names):
-    """`serving_bytes` on PNG-encoded verification images vs the Keras probabilities."""
+def _check_second_size(run, src, images, precision):
+    """A dynamic-size artifact against Keras at a second image size: one patch taller and two
+    wider than the model's (the verification images resized to it)."""
+    from keras_vit.preprocessing import resize_uint8
+
+    (height, width), (ph, pw) = src.image_size, src.config.patch_size
+    size = (height + ph, width + 2 * pw)
+    x = src.normalise(np.asarray(resize_uint8(images[: verify.BATCH_SIZE], size)))
+    reference = verify.predict(_keras_runner(src.model), x)
+    result = verify.verify(run, x, reference, None, precision)
+    return {"size": list(size), "max_abs_diff": result["max_abs_diff"], "failures": [f"at {size[0]}x{size[1]}: {f}" for f in result["failures"]]}
+
+
+def _check_bytes_signature(path, images, src):
+    """`serving_bytes` on PNG-encoded verification images vs the Keras probabilities.
+
+    The signature resizes what it decodes as the model's preprocessing says; the images are
+    at the model's size already, which a centre crop still changes: Keras sees them through
+    the same resize.
+    """
+    from keras_vit.preprocessing import resize_for_model
+
     n = min(NUM_BYTES_CHECK_IMAGES, len(images))
+    class_names = src.class_names
     outputs = saved_model.run_bytes_signature(path, saved_model.encode_png(images[:n]))
-    result = verify.verify_top_k(outputs["class_ids"], outputs["scores"], reference[:n])
+    resized = np.stack([np.asarray(resize_for_model(image, src.image_size, src.preprocessing)) for image in images[:n]])
+    reference = verify.predict(_keras_runner(src.model), src.normalise(resized))
+    result = verify.verify_top_k(outputs["class_ids"], outputs["scores"], reference)
     names_ok = all(
         name.decode() == class_names[i]
         for ids, names in zip(outputs["class_ids"], outputs["class_names"])

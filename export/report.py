@@ -41,17 +41,64 @@ def _cell(key, row):
 
 def _op_note(row):
     """" (fused: 25 LayerNormalization, ...; not fused: 1 Softmax)" for the optimised ONNX
-    row, " (XNNPACK: 1 partition)" for a TFLite row, else ""."""
+    row, " (XNNPACK: 1 partition)" for a TFLite row (with its fixed size for a model of
+    dynamic image size), the second verified size of a dynamic one, else ""."""
     details = row.get("details") or {}
+    notes = []
     fused = {op: n for op, n in details.get("fused_ops", {}).items() if n}
     if fused:
         unfused = details.get("not_fused") or {}
         left = f"; not fused: {', '.join(f'{n} {op}' for op, n in unfused.items())}" if unfused else ""
-        return f" (fused: {', '.join(f'{n} {op}' for op, n in fused.items())}{left})"
+        notes.append(f"fused: {', '.join(f'{n} {op}' for op, n in fused.items())}{left}")
     partitions = details.get("xnnpack_partitions")
     if partitions is not None:
-        return f" (XNNPACK: {partitions} partition{'s' if partitions != 1 else ''})"
-    return ""
+        notes.append(f"XNNPACK: {partitions} partition{'s' if partitions != 1 else ''}")
+    if details.get("input_size"):
+        notes.append(details["input_size"])
+    if details.get("second_size"):
+        size = details["second_size"]["size"]
+        notes.append(f"also verified at {size[0]}x{size[1]}")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def speed_summary(rows):
+    """The fastest verified artifact per batch size, and every quantized artifact slower than
+    the float32 artifact of its own runtime (TFLite: tflite_float32; ONNX: the faster of
+    onnx and onnx_optimized), with how much slower."""
+    verified = [row for row in rows if row["passed"] and row.get("latency_ms_batch1") is not None]
+    summary = {"fastest": {}, "slower_than_float32": {}}
+    for batch in (1, 8):
+        key = f"latency_ms_batch{batch}"
+        if verified:
+            best = min(verified, key=lambda row: row[key])
+            summary["fastest"][f"batch{batch}"] = {"artifact": best["artifact"], "latency_ms": best[key]}
+    for row in verified:
+        if row["quantization"] in ("none", "float16") or row["format"] not in ("tflite", "onnx"):
+            continue
+        floats = [r for r in verified if r["format"] == row["format"] and r["quantization"] == "none"]
+        if not floats:
+            continue
+        ratios = {f"batch{b}": row[f"latency_ms_batch{b}"] / min(r[f"latency_ms_batch{b}"] for r in floats) for b in (1, 8)}
+        slower = {batch: round(ratio, 2) for batch, ratio in ratios.items() if ratio > 1.0}
+        if slower:
+            summary["slower_than_float32"][row["artifact"]] = slower
+    return summary
+
+
+def _speed_lines(report):
+    speed = report.get("speed") or {}
+    lines = []
+    fastest = speed.get("fastest") or {}
+    if fastest:
+        lines.append(
+            "Fastest verified artifact: "
+            + "; ".join(f"batch {key[5:]}: {value['artifact']} ({value['latency_ms']:.2f} ms)" for key, value in fastest.items())
+            + "."
+        )
+    for artifact, slower in (speed.get("slower_than_float32") or {}).items():
+        cases = ", ".join(f"{ratio:.2f}x at batch {batch[5:]}" for batch, ratio in slower.items())
+        lines.append(f"**{artifact} is slower than its float32 runtime** ({cases}).")
+    return lines
 
 
 def markdown(report):
@@ -68,6 +115,10 @@ def markdown(report):
     for row in report["artifacts"]:
         size_row = {**row, "size": row.get("size_bytes")}
         lines.append("| " + " | ".join(_cell(key, size_row) for _, key in COLUMNS) + " |")
+    speed = _speed_lines(report)
+    if speed:
+        lines.append("")
+        lines.extend(speed)
     failed = [row for row in report["artifacts"] if row.get("failures")]
     if failed:
         lines.append("")

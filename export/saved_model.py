@@ -3,6 +3,8 @@
 Signatures (B is dynamic):
 - `serving_default(images)`: float32 [B, H, W, 3], already normalised (see
   `keras_vit.preprocess_input`) -> `logits` float32 [B, C], `probabilities` float32 [B, C].
+  H and W are the model's image size, or any multiple of the patch size ([B, None, None, 3])
+  for a model built with a dynamic image size.
 - `serving_bytes(image_bytes)`: string [B] of encoded JPEG/PNG/BMP/GIF images of any size
   -> `class_ids` int32 [B, k], `scores` float32 [B, k] (softmax probabilities, best
   first), `class_names` string [B, k]. Decoding, resizing and normalisation happen inside
@@ -48,9 +50,8 @@ def export_saved_model(model, class_names, path, top_k=TOP_K):
     # TF Serving) restore them too; a plain tf.Module holding the model does not.
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        DEFAULT_SIGNATURE, serve_images, [tf.TensorSpec([None, height, width, 3], tf.float32, name="images")]
-    )
+    side = (None, None) if config.dynamic_image_size else (height, width)
+    archive.add_endpoint(DEFAULT_SIGNATURE, serve_images, [tf.TensorSpec([None, *side, 3], tf.float32, name="images")])
     archive.add_endpoint(BYTES_SIGNATURE, serve_bytes, [tf.TensorSpec([None], tf.string, name="image_bytes")])
     archive.write_out(str(path), verbose=False)
 

@@ -1,4 +1,4 @@
-"""TFLite / LiteRT export: float32, float16, dynamic-range int8 and full-integer int8.
+"""TFLite / LiteRT export: float32, float16, and three int8 variants.
 
 Every model is converted with TFLite builtin ops only (no Flex / SELECT_TF_OPS, which a
 stock mobile runtime lacks), from a concrete function whose variables are frozen into
@@ -6,9 +6,20 @@ constants (converting the Keras model's un-frozen function leaves VAR_HANDLE /
 READ_VARIABLE ops and gives NaNs).
 
 Model interface, every quantization alike: input float32 [B, H, W, 3] (normalised, as the
-Keras model; B is 1 in the file and resized at run time), output float32 logits [B, C].
-`int8` quantizes weights and activations (all ops in int8, TFLITE_BUILTINS_INT8) with a
-float32 interface, so the same pre-processing serves every variant.
+Keras model; B is 1 in the file and resized at run time), output float32 logits [B, C], so
+the same pre-processing serves every variant.
+
+The int8 variants, for XNNPACK (LiteRT's CPU delegate), where int8 pays only in the
+matmuls (FULLY_CONNECTED, CONV_2D: int8 dot products) and every op without an int8 kernel
+splits the graph:
+- `dynamic`: int8 weights (per channel), activations quantized per row at run time; every
+  other op float32. No calibration; one XNNPACK partition.
+- `int8`: static int8 matmuls and convolution (per-channel weights, activation scales
+  calibrated on images), every other op (LayerNorm, GELU, softmax, the attention products
+  of two activations) left in float32; one XNNPACK partition.
+- `full_int8`: every op int8 (TFLITE_BUILTINS_INT8), for integer-only accelerators. XNNPACK
+  lacks int8 kernels for LayerNorm, GELU, softmax and the attention batch-matmuls, which run
+  in TFLite's reference kernels: slower than float32 on a CPU (the export report says so).
 """
 
 import os
@@ -21,37 +32,64 @@ from keras_vit.export.formats import QUANTIZATIONS
 NUM_CALIBRATION_IMAGES = 200
 
 
+# The ops the `int8` variant quantizes; every other op of the graph stays float32.
+INT8_OPS = ("FULLY_CONNECTED", "CONV_2D")
+NEEDS_CALIBRATION = ("int8", "full_int8")
+
+
 def convert(model, quantization="none", calibration_images=None):
     """Keras model -> `.tflite` bytes.
 
     `calibration_images`: float32 [N, H, W, 3] normalised images (the representative
-    dataset), required for `int8`.
+    dataset), required for `int8` and `full_int8`.
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"Unknown quantization {quantization!r}: expected one of {QUANTIZATIONS}.")
+    converter = _converter(model, quantization)
+    if quantization in NEEDS_CALIBRATION:
+        if calibration_images is None or len(calibration_images) == 0:
+            raise ValueError(f"{quantization} quantization needs calibration images.")
+        images = np.asarray(calibration_images[:NUM_CALIBRATION_IMAGES], np.float32)
+        converter.representative_dataset = lambda: ([image[None]] for image in images)
+    if quantization == "int8":
+        return _quantize_matmuls_only(model, converter, images)
+    return converter.convert()
+
+
+def _converter(model, quantization):
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen_function(model)], model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if quantization == "int8":
-        if calibration_images is None or len(calibration_images) == 0:
-            raise ValueError("int8 quantization needs calibration images.")
-        images = np.asarray(calibration_images[:NUM_CALIBRATION_IMAGES], np.float32)
-        converter.representative_dataset = lambda: ([image[None]] for image in images)
+    if quantization == "full_int8":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    return converter
+
+
+def _quantize_matmuls_only(model, converter, images):
+    """Static int8 for `INT8_OPS`, every other op of the float graph denied quantization (TF's
+    selective quantization, `tf.lite.experimental.QuantizationDebugger`)."""
+    float_ops = sorted(set(op_names(_converter(model, "none").convert())) - set(INT8_OPS))
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=float_ops)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=lambda: ([image[None]] for image in images[:1]), debug_options=options
+    )
+    return debugger.get_nondebug_quantized_model()
 
 
 def frozen_function(model):
     """`model(images, training=False)` as a concrete function, variables frozen to constants.
 
-    Input `images` float32 [None, H, W, 3] (dynamic batch); output logits [None, C].
+    Input `images` float32 [None, H, W, 3] (dynamic batch; H x W the model's image size, also
+    for a model built with a dynamic image size: TFLite files are fixed-size); output logits
+    [None, C].
     """
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="images")
+    config = model.vit_config
+    spec = tf.TensorSpec([None, *config.image_size, config.num_channels], tf.float32, name="images")
     function = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
     return convert_variables_to_constants_v2(function)
 

@@ -5,6 +5,7 @@ from keras_vit import console
 console.quiet_tensorflow_startup()  # before Keras imports TensorFlow; only under the keras-vit command
 
 from keras_vit import layers  # noqa: E402
+from keras_vit.attention import attention_maps, attention_rollout  # noqa: E402
 from keras_vit.config import MODEL_SIZES, VARIANTS, ViTConfig, config_of  # noqa: E402
 from keras_vit.labels import decode_predictions  # noqa: E402
 from keras_vit.model import (  # noqa: E402
@@ -50,6 +51,8 @@ __all__ = [
     "ViTS32",
     "ViTTi16",
     "VisionTransformer",
+    "attention_maps",
+    "attention_rollout",
     "build_vit",
     "config_of",
     "create_model",

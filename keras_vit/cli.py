@@ -1,4 +1,4 @@
-"""The `keras-vit` command: `keras-vit train ...`, `keras-vit export ...`, `keras-vit quickstart`."""
+"""The `keras-vit` command: `keras-vit train | export | predict | explain | quickstart ...`."""
 
 import argparse
 import importlib
@@ -7,6 +7,8 @@ import sys
 SUBCOMMANDS = {
     "train": ("keras_vit.training.cli", "Train a ViT (see `keras-vit train --help`)."),
     "export": ("keras_vit.export.cli", "Export and verify a trained ViT (see `keras-vit export --help`)."),
+    "predict": ("keras_vit.predict", "Top-k classes of image files from a run, a .keras file, an exported artifact or named weights."),
+    "explain": ("keras_vit.explain", "Attention-rollout heat maps of image files, one PNG each (see `keras-vit explain --help`)."),
     "quickstart": ("keras_vit.quickstart", "Train the default model on the offline digits data, then export it."),
 }
 

@@ -4,6 +4,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from keras_vit.preprocessing import Preprocessing
+from keras_vit.resize import RESIZE_METHODS
 
 # "token": the class token; "gap": the mean of the patch tokens; "map": attention pooling
 # with a learned query (big_vision's MAPHead, SigLIP).
@@ -67,6 +68,13 @@ class ViTConfig:
     older spelling of `"gelu_tanh"`), `pre_norm` (a LayerNorm after the embeddings: CLIP),
     `patch_bias` (the patch embedding's bias; CLIP has none), `layer_norm_epsilon`.
 
+    Image size at run time: `dynamic_image_size` (the model takes [B, H, W, C] of any size,
+    its position embedding resized inside the graph to the input's patch grid with
+    `position_resize_method`, "bicubic" as timm or "bilinear" as vit_jax; `image_size` is
+    then the size the embedding was trained at), `dynamic_image_pad` (a side that is not a
+    multiple of the patch size is zero-padded, as timm's `dynamic_img_pad`, instead of being
+    an error).
+
     Besides the architecture, a config says what the model's inputs and outputs mean:
     `preprocessing` (a `Preprocessing`: normalisation, resize, crop) and `labels` (None, a
     label-set name such as `"imagenet1k"`, or the class names in index order). A keras_vit
@@ -98,6 +106,9 @@ class ViTConfig:
     pre_norm: bool = False
     patch_bias: bool = True
     layer_norm_epsilon: float = 1e-6
+    dynamic_image_size: bool = False
+    dynamic_image_pad: bool = False
+    position_resize_method: str = "bicubic"
     preprocessing: Preprocessing = Preprocessing()
     labels: None | str | Sequence[str] = None
     gelu_approximate: dataclasses.InitVar[bool | None] = None
@@ -123,6 +134,10 @@ class ViTConfig:
                 raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)!r}.")
         if self.mlp_activation not in MLP_ACTIVATIONS:
             raise ValueError(f"Unknown mlp_activation {self.mlp_activation!r}: expected one of {MLP_ACTIVATIONS}.")
+        if self.position_resize_method not in RESIZE_METHODS:
+            raise ValueError(f"Unknown position_resize_method {self.position_resize_method!r}: expected one of {RESIZE_METHODS}.")
+        if self.dynamic_image_pad and not self.dynamic_image_size:
+            raise ValueError("dynamic_image_pad=True pads images of any size: it needs dynamic_image_size=True.")
         if self.layer_scale_init is not None and not self.layer_scale_init > 0:
             raise ValueError(f"layer_scale_init must be > 0 (or None for no LayerScale), got {self.layer_scale_init!r}.")
         if self.labels is not None and self.include_top:

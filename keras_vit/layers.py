@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from keras_vit import activations, tensorflow_kernels
+from keras_vit.resize import resize_position_embedding_in_graph
 
 register = keras.saving.register_keras_serializable(package="keras_vit")
 
@@ -106,18 +107,38 @@ class LayerNorm(keras.layers.LayerNormalization):
         return ops.cast(output, self.compute_dtype)
 
 
+def _length(x):
+    """The number of tokens of x [B, T, D]: a Python int when the graph knows it (the exported
+    graphs stay static-shaped), a run-time scalar with a dynamic image size."""
+    return x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
+
+
+def _sides(images):
+    """(H, W) of images [B, H, W, C]: Python ints when known, else run-time scalars."""
+    return tuple(images.shape[i] if images.shape[i] is not None else ops.shape(images)[i] for i in (1, 2))
+
+
+def patch_grid(images, patch_size, pad=False):
+    """The patch grid (rows, cols) of images [B, H, W, C] (see `_sides`); `pad` counts a
+    partial last patch (padded)."""
+    return tuple((side + p - 1) // p if pad else side // p for side, p in zip(_sides(images), patch_size))
+
+
 @register
 class PatchEmbedding(keras.layers.Layer):
     """Cuts an image into patches and projects each to D: Conv2D(kernel = stride = P), flatten.
 
-    Input: [B, H, W, C]. Output: [B, N, D], patches in row-major order.
+    Input: [B, H, W, C]. Output: [B, N, D], patches in row-major order. H and W must be
+    multiples of P; with `pad=True` (timm's `dynamic_img_pad`) the image is zero-padded at
+    the bottom and right to the next multiple instead.
     """
 
-    def __init__(self, patch_size, hidden_dim, use_bias=True, **kwargs):
+    def __init__(self, patch_size, hidden_dim, use_bias=True, pad=False, **kwargs):
         super().__init__(**kwargs)
         self.patch_size = tuple(patch_size) if not isinstance(patch_size, int) else (patch_size, patch_size)
         self.hidden_dim = hidden_dim
         self.use_bias = use_bias
+        self.pad = pad
         self.projection = keras.layers.Conv2D(
             hidden_dim,
             kernel_size=self.patch_size,
@@ -133,15 +154,41 @@ class PatchEmbedding(keras.layers.Layer):
         self.projection.build(input_shape)
 
     def call(self, images):
+        (ph, pw), (height, width) = self.patch_size, images.shape[1:3]
+        if self.pad:
+            (rows, cols), (h, w) = patch_grid(images, self.patch_size, pad=True), _sides(images)
+            images = ops.pad(images, ((0, 0), (0, rows * ph - h), (0, cols * pw - w), (0, 0)))
+        elif (height is not None and height % ph) or (width is not None and width % pw):
+            raise ValueError(self._size_error(height, width))
+        elif (height is None or width is None) and keras.backend.backend() == "tensorflow":
+            images = tensorflow_kernels.assert_multiple_of(images, self.patch_size, self._size_error("H", "W"))
         patches = self.projection(images)
-        return ops.reshape(patches, (-1, patches.shape[1] * patches.shape[2], self.hidden_dim))
+        if patches.shape[1] is not None and patches.shape[2] is not None:
+            return ops.reshape(patches, (-1, patches.shape[1] * patches.shape[2], self.hidden_dim))
+        return ops.reshape(patches, (ops.shape(patches)[0], -1, self.hidden_dim))
+
+    def _size_error(self, height, width):
+        ph, pw = self.patch_size
+        return (
+            f"Image size {height}x{width} is not a multiple of the patch size {ph}x{pw}: resize the "
+            "images (e.g. keras_vit.preprocessing.resize_for_model), or build with dynamic_image_pad=True."
+        )
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape
-        return (batch, (height // self.patch_size[0]) * (width // self.patch_size[1]), self.hidden_dim)
+        if height is None or width is None:
+            return (batch, None, self.hidden_dim)
+        rows, cols = ((side + p - 1) // p if self.pad else side // p for side, p in zip((height, width), self.patch_size))
+        return (batch, rows * cols, self.hidden_dim)
 
     def get_config(self):
-        return {**super().get_config(), "patch_size": self.patch_size, "hidden_dim": self.hidden_dim, "use_bias": self.use_bias}
+        return {
+            **super().get_config(),
+            "patch_size": self.patch_size,
+            "hidden_dim": self.hidden_dim,
+            "use_bias": self.use_bias,
+            "pad": self.pad,
+        }
 
 
 @register
@@ -162,10 +209,14 @@ class ClassToken(keras.layers.Layer):
         self.token = self.add_weight(shape=(1, self.num_tokens, input_shape[-1]), initializer=self.initializer, name="token")
 
     def call(self, tokens):
+        token = ops.cast(self.token, tokens.dtype)
+        if tokens.shape[1] is None:  # a dynamic image size: broadcast to the run-time batch
+            shape = (ops.shape(tokens)[0], self.num_tokens, tokens.shape[-1])
+            return ops.concatenate([ops.broadcast_to(token, shape), tokens], axis=1)
         # Zero-pad rows in front of every sequence and add the tokens there: the same values
         # as concatenating broadcast tokens, with no op that reads the batch size at run time
         # (the exported graphs stay static-shaped; TFLite runs it all in XNNPACK).
-        token_rows = ops.pad(ops.cast(self.token, tokens.dtype), ((0, 0), (0, tokens.shape[1]), (0, 0)))
+        token_rows = ops.pad(token, ((0, 0), (0, tokens.shape[1]), (0, 0)))
         return ops.pad(tokens, ((0, 0), (self.num_tokens, 0), (0, 0))) + token_rows
 
     def compute_output_shape(self, input_shape):
@@ -188,26 +239,50 @@ class PositionEmbedding(keras.layers.Layer):
     followed by the `grid_size` patch grid, row-major. A grid-only embedding
     (`num_prefix_tokens=0`, timm's `no_embed_class`) is added before the prefix tokens are
     prepended.
+
+    With `resize_method` (a dynamic image size), the layer is called on `[tokens, images]`
+    and resizes the grid part to the images' patch grid at every call (`"bicubic"` as timm's
+    `dynamic_img_size`, `"bilinear"` as vit_jax), prefix rows kept; at `grid_size` itself
+    the resize is the identity.
     """
 
-    def __init__(self, grid_size, num_prefix_tokens=1, **kwargs):
+    def __init__(self, grid_size, num_prefix_tokens=1, resize_method=None, patch_size=None, pad=False, **kwargs):
         super().__init__(**kwargs)
         self.grid_size = tuple(grid_size)
         self.num_prefix_tokens = num_prefix_tokens
+        self.resize_method = resize_method
+        self.patch_size = None if patch_size is None else tuple(patch_size)
+        self.pad = pad
 
     def build(self, input_shape):
+        tokens_shape = input_shape[0] if self.resize_method else input_shape
         expected = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
-        if input_shape[1] != expected:
-            raise ValueError(f"PositionEmbedding expects {expected} tokens, got input shape {input_shape}.")
+        if not self.resize_method and tokens_shape[1] != expected:
+            raise ValueError(f"PositionEmbedding expects {expected} tokens, got input shape {tokens_shape}.")
         self.embedding = self.add_weight(
-            shape=(1, expected, input_shape[-1]), initializer=POSITION_INIT, name="embedding"
+            shape=(1, expected, tokens_shape[-1]), initializer=POSITION_INIT, name="embedding"
         )
 
-    def call(self, tokens):
-        return tokens + ops.cast(self.embedding, tokens.dtype)
+    def call(self, inputs):
+        if not self.resize_method:
+            return inputs + ops.cast(self.embedding, inputs.dtype)
+        tokens, images = inputs
+        grid = patch_grid(images, self.patch_size, self.pad)
+        embedding = resize_position_embedding_in_graph(self.embedding, self.grid_size, grid, self.num_prefix_tokens, self.resize_method)
+        return tokens + ops.cast(embedding, tokens.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0] if self.resize_method else input_shape
 
     def get_config(self):
-        return {**super().get_config(), "grid_size": self.grid_size, "num_prefix_tokens": self.num_prefix_tokens}
+        return {
+            **super().get_config(),
+            "grid_size": self.grid_size,
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "resize_method": self.resize_method,
+            "patch_size": self.patch_size,
+            "pad": self.pad,
+        }
 
 
 @register
@@ -234,20 +309,23 @@ class DropPath(keras.layers.Layer):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
-def _attend(query, key, value, dropout=None, training=None):
+def _attend(query, key, value, dropout=None, training=None, return_probabilities=False):
     """Scaled dot-product attention of each head: query [B, heads, Q, head_dim], key and value
-    [B, heads, T, head_dim] -> context [B * Q, heads * head_dim] (a row per query token).
+    [B, heads, T, head_dim] -> context [B * Q, heads * head_dim] (a row per query token),
+    and with `return_probabilities` the attention probabilities [B, heads, Q, T] too.
 
     The softmax runs in float32: under mixed_float16 the scores can overflow.
     """
     heads, head_dim = query.shape[1], query.shape[-1]
     query = query * ops.cast(1.0 / math.sqrt(head_dim), query.dtype)
     scores = ops.einsum("bhqd,bhkd->bhqk", query, key)
-    probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), query.dtype)
+    probs = ops.softmax(ops.cast(scores, "float32"), axis=-1)
+    weights = ops.cast(probs, query.dtype)
     if dropout is not None:
-        probs = dropout(probs, training=training)
-    context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
-    return ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (-1, heads * head_dim))
+        weights = dropout(weights, training=training)
+    context = ops.einsum("bhqk,bhkd->bhqd", weights, value)
+    context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (-1, heads * head_dim))
+    return (context, probs) if return_probabilities else context
 
 
 def _split_leading(x, parts):
@@ -292,19 +370,30 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.output_projection.build(input_shape)
 
     def call(self, x, training=None):
-        length, dim = x.shape[1], x.shape[2]
+        length, dim = _length(x), x.shape[2]
         queries = length if self.output_tokens is None else self.output_tokens
-        if queries == length or self.qkv.quantization_mode is not None:
-            qkv = ops.reshape(self.qkv(ops.reshape(x, (-1, dim))), (-1, length, 3, self.num_heads, self.head_dim))
-            # One transpose to [3, B, heads, T, head_dim]; then both attention products are plain
-            # batched matmuls with no further transposes (the einsums below need none).
-            query, key, value = _split_leading(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3)
-            if queries != length:
+        if self.output_tokens is None or self.qkv.quantization_mode is not None:
+            query, key, value = self._project_all(x)
+            if self.output_tokens is not None:
                 query = query[:, :, :queries]
         else:
             query, key, value = self._project_first_queries(x, queries)
         context = _attend(query, key, value, self.attention_dropout, training)
         return ops.reshape(self.output_projection(context), (-1, queries, dim))
+
+    def with_probabilities(self, x):
+        """Inference for every token whatever `output_tokens`: (output [B, T, D], attention
+        probabilities [B, heads, T, T], float32)."""
+        context, probabilities = _attend(*self._project_all(x), return_probabilities=True)
+        return ops.reshape(self.output_projection(context), (-1, _length(x), x.shape[2])), probabilities
+
+    def _project_all(self, x):
+        """q, k, v [B, heads, T, head_dim] of every token, through the `qkv` Dense."""
+        length, dim = _length(x), x.shape[2]
+        qkv = ops.reshape(self.qkv(ops.reshape(x, (-1, dim))), (-1, length, 3, self.num_heads, self.head_dim))
+        # One transpose to [3, B, heads, T, head_dim]; then both attention products are plain
+        # batched matmuls with no further transposes (the einsums need none).
+        return _split_leading(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3)
 
     def _project_first_queries(self, x, queries):
         """q [B, heads, K, head_dim] of the first K tokens; k, v [B, heads, T, head_dim] of all.
@@ -312,7 +401,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         The `qkv` Dense's weights in two column slices: [D, D] for q on K tokens, [D, 2D]
         for k and v on all of them.
         """
-        length, dim = x.shape[1], x.shape[2]
+        length, dim = _length(x), x.shape[2]
         kernel, bias = ops.cast(self.qkv.kernel, x.dtype), ops.cast(self.qkv.bias, x.dtype)
         query = ops.matmul(ops.reshape(x[:, :queries], (-1, dim)), kernel[:, :dim]) + bias[:dim]
         query = ops.transpose(ops.reshape(query, (-1, queries, self.num_heads, self.head_dim)), (0, 2, 1, 3))
@@ -410,8 +499,18 @@ class TransformerBlock(keras.layers.Layer):
         branch = self.attention(self.attention_norm(x, training=training), training=training)
         if self.output_tokens is not None:
             x = x[:, : self.output_tokens]
-        length, dim = x.shape[1], x.shape[2]
-        x = x + self._residual(branch, self.attention_scale, training)
+        return self._finish(x, branch, training)
+
+    def with_attention(self, x):
+        """Inference for every token whatever `output_tokens`: (output [B, T, D], the
+        attention probabilities [B, heads, T, T], float32). `keras_vit.attention_maps`."""
+        branch, probabilities = self.attention.with_probabilities(self.attention_norm(x))
+        return self._finish(x, branch, False), probabilities
+
+    def _finish(self, x, attention_branch, training):
+        """The block after its attention: the residual, then `x + MLP(LN(x))`."""
+        length, dim = _length(x), x.shape[2]
+        x = x + self._residual(attention_branch, self.attention_scale, training)
         branch = self.mlp_dense_1(ops.reshape(self.mlp_norm(x, training=training), (-1, dim)))
         branch = self.mlp_dense_2(self.dropout(mlp_activation(branch, self.activation, training), training=training))
         return x + self._residual(ops.reshape(branch, (-1, length, dim)), self.mlp_scale, training)
@@ -533,7 +632,7 @@ class AttentionPooling(keras.layers.Layer):
 
     def call(self, tokens, training=None):
         tokens = tokens[:, self.num_prefix_tokens :]
-        length, dim = tokens.shape[1], tokens.shape[2]
+        length, dim = _length(tokens), tokens.shape[2]
         # The latent as one token per image: zeros of the batch's shape plus the latent, so
         # that no op reads the batch size at run time (as in ClassToken).
         latent = tokens[:, :1] * ops.cast(0.0, tokens.dtype) + ops.cast(self.latent, tokens.dtype)

@@ -19,8 +19,8 @@ from keras_vit.weights import (
 
 def _vit_outputs(c, inputs):
     """The layers of the ViT of config `c` applied to `inputs` [B, H, W, C] (see `ViTModel`)."""
-    x = layers.PatchEmbedding(c.patch_size, c.hidden_dim, use_bias=c.patch_bias, name="patch_embedding")(inputs)
-    x = _prefix_tokens_and_positions(c, x)
+    x = layers.PatchEmbedding(c.patch_size, c.hidden_dim, use_bias=c.patch_bias, pad=c.dynamic_image_pad, name="patch_embedding")(inputs)
+    x = _prefix_tokens_and_positions(c, x, inputs)
     x = keras.layers.Dropout(c.dropout_rate, name="embedding_dropout")(x)
     if c.pre_norm:
         x = layers.LayerNorm(epsilon=c.layer_norm_epsilon, name="pre_norm")(x)
@@ -50,13 +50,22 @@ def _vit_outputs(c, inputs):
     return _head(c, x)
 
 
-def _prefix_tokens_and_positions(c, patches):
+def _prefix_tokens_and_positions(c, patches, images):
     """[B, N, D] patch tokens -> [B, T, D]: [class, distillation, registers..., patches], with
     the position embedding added to all of them or (`embed_prefix_tokens=False`) to the
-    patches alone, before the others are prepended (timm's `no_embed_class`)."""
+    patches alone, before the others are prepended (timm's `no_embed_class`). With a dynamic
+    image size the embedding is resized to the patch grid of `images` at every call."""
+
+    def add_positions(x, num_prefix_tokens):
+        if not c.dynamic_image_size:
+            return layers.PositionEmbedding(c.grid_size, num_prefix_tokens, name="position_embedding")(x)
+        return layers.PositionEmbedding(
+            c.grid_size, num_prefix_tokens, c.position_resize_method, c.patch_size, c.dynamic_image_pad, name="position_embedding"
+        )([x, images])
+
     x = patches
     if not c.embed_prefix_tokens:
-        x = layers.PositionEmbedding(c.grid_size, 0, name="position_embedding")(x)
+        x = add_positions(x, 0)
     if c.num_register_tokens:
         x = layers.ClassToken(c.num_register_tokens, layers.TOKEN_INIT, name="register_tokens")(x)
     if c.distillation_token:
@@ -64,7 +73,7 @@ def _prefix_tokens_and_positions(c, patches):
     if c.class_token:
         x = layers.ClassToken(name="class_token")(x)
     if c.embed_prefix_tokens:
-        x = layers.PositionEmbedding(c.grid_size, c.num_prefix_tokens, name="position_embedding")(x)
+        x = add_positions(x, c.num_prefix_tokens)
     return x
 
 
@@ -123,11 +132,12 @@ class ViTModel(keras.Model):
 
     def __init__(self, config, input_tensor=None, **kwargs):
         config = config if isinstance(config, ViTConfig) else ViTConfig.from_dict(config)
+        size = (None, None) if config.dynamic_image_size else config.image_size
         if input_tensor is None:
-            inputs = keras.Input(shape=(*config.image_size, config.num_channels), name="images")
+            inputs = keras.Input(shape=(*size, config.num_channels), name="images")
         else:
             inputs = input_tensor
-            if tuple(inputs.shape[1:3]) != config.image_size:
+            if not config.dynamic_image_size and tuple(inputs.shape[1:3]) != config.image_size:
                 raise ValueError(f"input_tensor shape {inputs.shape} does not match image_size {config.image_size}.")
         super().__init__(inputs=inputs, outputs=_vit_outputs(config, inputs), **kwargs)
         self.vit_config = config

@@ -1,12 +1,14 @@
-"""TensorFlow-only fast paths for the training step, used when Keras runs on TensorFlow.
+"""TensorFlow-only pieces, used when Keras runs on TensorFlow: the training step's fast GELU,
+and a run-time check of image sizes the graph does not know.
 
 Without XLA, TensorFlow runs every element-wise op of a graph as its own kernel, one pass
 over memory each. The exact GELU and its gradient are about ten such passes over the
 largest activation of a block ([B * T, mlp_dim]); compiled with XLA each direction is one
 fused kernel (the gain is measured in `docs/benchmarks.md`).
 
-Only `training=True` calls come here: the model's inference graph, and so every export,
+Only `training=True` calls use the GELU: the model's inference graph, and so every export,
 keeps the `keras.ops` spelling in `keras_vit.layers`, which other backends use throughout.
+The size check is only in graphs whose image size is dynamic (never in a fixed-size export).
 """
 
 import functools
@@ -46,3 +48,15 @@ def _compiled_gelu():
         return forward(x), lambda upstream: backward(x, upstream)
 
     return gelu
+
+
+def assert_multiple_of(images, patch_size, message):
+    """`images` [B, H, W, C], with a check that runs in the graph: H and W are multiples of
+    `patch_size` (a dynamic image size: the sides are only known at run time, where a
+    TensorFlow error carrying `message` stops a call on an image the patches do not tile)."""
+    import tensorflow as tf
+
+    sides = tf.shape(images)[1:3]
+    check = tf.debugging.assert_equal(sides % tf.constant(patch_size, sides.dtype), 0, message=message)
+    with tf.control_dependencies([check]):
+        return tf.identity(images)

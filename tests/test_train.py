@@ -187,12 +187,15 @@ def test_resume_after_killing_a_real_training_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_quickstart_reaches_98_percent_on_digits(tmp_path):
+def test_quickstart_reaches_97_percent_on_held_out_digits(tmp_path):
+    """The quickstart's model, chosen on its held-out validation share, on the 360 test digits.
+    Across seeds and runs it measured 97.2-99.4% (docs/benchmarks.md, "Measured facts"; one
+    image is 0.28 points): 97% guards against a broken recipe, not against that spread."""
     from keras_vit import quickstart
 
     assert quickstart.main(["--out", str(tmp_path / "quickstart"), "--skip-export"]) == 0
     metrics = json.loads((tmp_path / "quickstart" / "metrics.json").read_text())
-    assert metrics["test_accuracy"] >= 0.98, metrics
+    assert metrics["test_accuracy"] >= 0.97 and metrics["validation_accuracy"] >= 0.95, metrics
 
 
 def test_fine_tuning_starts_from_the_checkpoint(tmp_path, fixtures_dir):

@@ -26,7 +26,7 @@ logger = logging.getLogger("keras_vit.weights")
 SOURCE_DECIDED_FIELDS = (
     "num_classes", "representation_size", "mlp_activation", "layer_norm_epsilon",
     "class_token", "distillation_token", "num_register_tokens", "embed_prefix_tokens",
-    "layer_scale_init", "pre_norm", "patch_bias", "pooling", "fc_norm",
+    "layer_scale_init", "pre_norm", "patch_bias", "pooling", "fc_norm", "position_resize_method",
 )
 # LayerScale's initial value, which no checkpoint records (its gammas are loaded over it).
 DEFAULT_LAYER_SCALE_INIT = 1e-5
@@ -340,6 +340,7 @@ def config_for_checkpoint(config, checkpoint, explicit=(), decided=None):
         variant = match_variant(config.hidden_dim, config.num_layers, config.num_heads, config.mlp_dim, config.patch_size)
         raise _mismatch_error(checkpoint, f"a {variant or 'ViT'} with this config", mismatches)
     rules = {key: value for key, value in checkpoint.numerics.items() if key in SOURCE_DECIDED_FIELDS}
+    rules["position_resize_method"] = checkpoint.numerics["resize_method"]  # for a dynamic image size
     rules.update(decided or {})
     family = checkpoint.family_options
     layer_scale_init = rules.pop("layer_scale_init", None) or config.layer_scale_init or DEFAULT_LAYER_SCALE_INIT
