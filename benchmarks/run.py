@@ -33,7 +33,9 @@ import tensorflow as tf  # noqa: E402
 import timm_peer  # noqa: E402
 
 from keras_vit import console  # noqa: E402
+from keras_vit.training import recipe  # noqa: E402
 
+DEFAULT_PATH = "keras_vit default"  # the training step `keras-vit train` runs unless told
 # The versions that decide the figures besides TensorFlow's and Keras'.
 PEER_PACKAGES = ("keras-hub", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
 
@@ -122,16 +124,23 @@ def keras_inference_paths(name, model, images):
     }
 
 
+NUM_CALIBRATION_IMAGES = 16  # for the int8 exports of the random-weight models (timing only)
+
+
 def _write_artifacts(model_path, workdir):
     from keras_vit.export import bench
 
-    bench.write_artifacts(keras.saving.load_model(model_path), workdir)
+    model = keras.saving.load_model(model_path)
+    shape = (NUM_CALIBRATION_IMAGES, *model.input_shape[1:])
+    calibration = np.random.RandomState(2).uniform(-1, 1, shape).astype("float32")
+    bench.write_artifacts(model, workdir, calibration)
 
 
 def write_exports(model, workdir):
-    """keras_vit's exports of `model` (ONNX plain and fused, LiteRT) into `workdir`, converted
-    in a child process: tf2onnx needs about 13 GB for ViT-B/16 and keeps most of it, which
-    this process, holding every peer's models, cannot spare on a 24 GiB machine."""
+    """keras_vit's exports of `model` (ONNX plain, fused and int8; LiteRT float32 and int8)
+    into `workdir`, converted in a child process: tf2onnx needs about 13 GB for ViT-B/16 and
+    keeps most of it, which this process, holding every peer's models, cannot spare on a
+    24 GiB machine."""
     import concurrent.futures
     import multiprocessing
 
@@ -165,30 +174,59 @@ def timm_paths(timm, compiled, parameters, **model):
 
 
 def inference_table(sizes, batches, rounds, with_exports, min_seconds=0.0):
-    """-> (the inference table's rows, the ONNX fusion table's rows; empty without exports)."""
-    rows, fusion_rows = [], []
+    """-> (the inference table's rows, the ONNX fusion table's rows, the quantized table's
+    rows; the last two empty without exports)."""
+    rows, fusion_rows, quantized_rows = [], [], []
     for size in sizes:
         with tempfile.TemporaryDirectory() as workdir:
-            size_rows, size_fusion_rows = inference_rows(
+            size_rows, size_fusion_rows, size_quantized_rows = inference_rows(
                 size, batches, rounds, export_dir=workdir if with_exports else None, min_seconds=min_seconds
             )
         rows += size_rows
         fusion_rows += size_fusion_rows
+        quantized_rows += size_quantized_rows
         keras.backend.clear_session()
-    return rows, fusion_rows
+    return rows, fusion_rows, quantized_rows
+
+
+def quantized_rows_of(size, batch, results, export_dir):
+    """The int8 artifacts (and the float ones they replace) against float32 LiteRT: time ratio
+    per round with its IQR, file size and its ratio."""
+    from keras_vit.export import bench
+
+    files = bench.artifact_files(export_dir)
+    reference = results[bench.LITERT]
+    rows = []
+    for path in (bench.LITERT, bench.ONNX_FUSED, *bench.INT8_PATHS):
+        if path not in results:
+            continue
+        stats, size_bytes = results[path], files[path].stat().st_size
+        rows.append(
+            {
+                "model": f"ViT-{size}/16",
+                "batch": batch,
+                "artifact": path.removeprefix("keras_vit "),
+                "median ms": f"{stats['median_ms']:.1f}",
+                **ratio_cells("vs float32 LiteRT", stats, reference),
+                "size MiB": f"{size_bytes / 2**20:.1f}",
+                "size vs float32": f"{files[bench.LITERT].stat().st_size / size_bytes:.1f}x smaller",
+            }
+        )
+    return rows
 
 
 def inference_rows(size, batches, rounds, export_dir, min_seconds=0.0):
-    """Table rows of ViT-`size`/16 at each batch, and the fused ONNX graph's time against the
-    plain one's at each batch; `export_dir`: where keras_vit's exports are written and run
-    from, or None to leave them out; `min_seconds`: the least timing per batch."""
+    """Table rows of ViT-`size`/16 at each batch, the fused ONNX graph's time against the
+    plain one's, and the int8 artifacts against float32 LiteRT, at each batch; `export_dir`:
+    where keras_vit's exports are written and run from, or None to leave them out;
+    `min_seconds`: the least timing per batch."""
     from keras_vit.export import bench
 
     models = {name: build(size, 224, 16) for name, build in peers.PEERS.items()}
     if export_dir:
         log(f"ViT-{size}/16: exporting keras_vit's model (child process)")
         write_exports(models["keras_vit"], export_dir)
-    rows, fusion_rows = [], []
+    rows, fusion_rows, quantized_rows = [], [], []
     for batch in batches:
         images = np.random.RandomState(0).uniform(-1, 1, (batch, 224, 224, 3)).astype("float32")
         functions = {}
@@ -213,6 +251,7 @@ def inference_rows(size, batches, rounds, export_dir, min_seconds=0.0):
                 }
             )
         if export_dir:
+            quantized_rows += quantized_rows_of(size, batch, results, export_dir)
             fused, plain = results[bench.ONNX_FUSED], results[bench.ONNX]
             fusion_rows.append(
                 {
@@ -223,7 +262,7 @@ def inference_rows(size, batches, rounds, export_dir, min_seconds=0.0):
                     **ratio_cells("fused / plain", fused, plain),
                 }
             )
-    return rows, fusion_rows
+    return rows, fusion_rows, quantized_rows
 
 
 @contextlib.contextmanager
@@ -242,36 +281,42 @@ def timm_process(python):
 def training_table(variants, rounds, timm=None, timm_compiled=True):
     """Train-step time of a ViT-Ti-shaped model at 32x32, patch 4, batch 64, AdamW.
 
-    timm, when given, joins the float32 variant without XLA (eager and torch.compile).
+    `variants`: (precision policy, XLA settings) pairs; all XLA settings of a policy are
+    timed interleaved in one session, with keras_vit's default path (`DEFAULT_PATH`) in the
+    float32 one, and every row's ratio is to keras-hub's best path of that policy. timm, when
+    given, joins the float32 session (eager and torch.compile).
     """
     rows = []
     step = peers.TRAINING_STEP
-    for policy, jit in variants:
+    for policy, jits in variants:
         keras.mixed_precision.set_global_policy(policy)
-        steps = {name: peers.training_step(name, jit_compile=jit) for name in peers.PEERS}
-        functions = {name: lambda m=model, x=images, y=labels: m.train_on_batch(x, y)
-                     for name, (model, images, labels) in steps.items()}
-        if timm and (policy, jit) == ("float32", False):
-            keras_vit_parameters = steps["keras_vit"][0].count_params()
-            functions.update(timm_paths(timm, timm_compiled, keras_vit_parameters, **step))
-        log(f"training step, {policy}, XLA={jit}")
+        steps = {(name, jit): peers.training_step(name, jit_compile=jit) for jit in jits for name in peers.PEERS}
+        if policy == "float32":  # what `keras-vit train` runs unless told (jit_compile auto)
+            steps[(DEFAULT_PATH, recipe.jit_compile_for(None))] = peers.training_step("keras_vit", jit_compile=recipe.jit_compile_for(None))
+        functions = {key: lambda m=model, x=images, y=labels: m.train_on_batch(x, y) for key, (model, images, labels) in steps.items()}
+        if timm and policy == "float32":
+            keras_vit_parameters = steps[("keras_vit", jits[0])][0].count_params()
+            functions.update({(name, "-"): fn for name, fn in timm_paths(timm, timm_compiled, keras_vit_parameters, **step).items()})
+        log(f"training step, {policy}, XLA in {jits}")
         results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
-        for name, stats in results.items():
+        reference = min((results[("keras-hub", jit)] for jit in jits), key=lambda stats: stats["median_ms"])
+        for (name, jit), stats in results.items():
             if name.startswith("timm"):
                 timm.drop(name)
             rows.append(
                 {
                     "peer": name,
                     "precision": policy,
-                    "XLA": "-" if name.startswith("timm") else jit,
+                    "XLA": jit,
                     "median ms": f"{stats['median_ms']:.0f}",
                     "IQR ms": f"{stats['iqr_ms'][0]:.0f}-{stats['iqr_ms'][1]:.0f}",
-                    **ratio_cells("vs keras-hub", stats, results["keras-hub"]),
+                    **ratio_cells("vs best keras-hub", stats, reference),
                     # Forward + backward: about 3x the forward pass.
                     "GFLOP/s": gflops(3 * step["batch"] * peers.forward_flops(
                         step["size"], step["image_size"], step["patch_size"], step["num_classes"], peer=peer_of(name)), stats),
                 }
             )
+        del steps, functions
         keras.backend.clear_session()
     keras.mixed_precision.set_global_policy("float32")
     return rows
@@ -295,10 +340,10 @@ def main(argv=None):
     limit = matmul_gflops(rounds, matmul_size)
     log(f"matmul: {limit:.0f} GFLOP/s")
     sizes, batches = (["Ti"], [1]) if args.quick else (["Ti", "B"], [1, 8])
-    inference, fusion = inference_table(
+    inference, fusion, quantized = inference_table(
         sizes, batches, rounds, with_exports=not args.no_exports, min_seconds=0 if args.quick else 60
     )
-    variants = [("float32", False)] if args.quick else [("float32", False), ("float32", True), ("mixed_bfloat16", False)]
+    variants = [("float32", (False,))] if args.quick else [("float32", (False, True)), ("mixed_bfloat16", (False, True))]
     # timm's process lives for the training table only; torch.compile (a minute or more) in full runs only.
     with timm_process(None if args.no_timm else args.timm_python) as timm:
         with_timm = timm is not None
@@ -309,7 +354,8 @@ def main(argv=None):
     profile = profile_step.table(steps=3 if args.quick else 5)
 
     inference_columns = ["model", "batch", "path", "median ms", "IQR ms", "vs best keras-hub", "ratio IQR", "GFLOP/s"]
-    training_columns = ["peer", "precision", "XLA", "median ms", "IQR ms", "vs keras-hub", "ratio IQR", "GFLOP/s"]
+    training_columns = ["peer", "precision", "XLA", "median ms", "IQR ms", "vs best keras-hub", "ratio IQR", "GFLOP/s"]
+    quantized_columns = ["model", "batch", "artifact", "median ms", "vs float32 LiteRT", "ratio IQR", "size MiB", "size vs float32"]
     markdown = "\n\n".join(
         [
             "## Performance: keras_vit vs keras-hub" + (" (quick run)" if args.quick else ""),
@@ -335,7 +381,22 @@ def main(argv=None):
                 if fusion
                 else []
             ),
+            *(
+                [
+                    "### Quantized inference: the int8 artifacts against float32 LiteRT",
+                    "keras_vit's int8 exports of the same random-weight models (their accuracy on trained models: "
+                    "the section below), timed in the rows above; ratios to float32 LiteRT (XNNPACK, 2 threads) round "
+                    "by round. LiteRT `dynamic`: int8 weights, activations quantized at run time; `int8`: static int8 "
+                    "matmuls, the rest float32; `full_int8`: every op int8; ONNX Runtime int8: dynamic int8 of the fused graph.",
+                    report.markdown_table(quantized, quantized_columns),
+                ]
+                if quantized
+                else []
+            ),
             "### Training step, ViT-Ti shape at 32x32, patch 4, batch 64, AdamW",
+            f"Every row's ratio is to keras-hub's best path of its precision (XLA or not, whichever is faster); "
+            f"`{DEFAULT_PATH}` is what `keras-vit train` runs unless told (`jit_compile` auto: "
+            f"XLA={recipe.jit_compile_for(None)} on TensorFlow).",
             report.markdown_table(training, training_columns),
             "### Training step op by op (float32, no XLA)",
             "Made by `benchmarks/profile_step.py`: one step profiled with TensorFlow's profiler, each peer in its own "

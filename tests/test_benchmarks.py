@@ -29,6 +29,10 @@ def test_benchmark_quick_mode_writes_its_tables(tmp_path):
         assert f"| {path} |" in text, path
     assert "### ONNX: the fused graph against the plain one" in text and "| ViT-Ti/16 | 1 |" in text
     assert "| keras_vit | float32 | False |" in text and "| keras-hub | float32 | False |" in text
+    assert "| keras_vit default | float32 | False |" in text  # what `keras-vit train` runs unless told
+    assert "### Quantized inference: the int8 artifacts against float32 LiteRT" in text
+    for artifact in ("LiteRT (XNNPACK)", "LiteRT dynamic", "LiteRT int8", "LiteRT full_int8", "ONNX Runtime int8"):
+        assert f"| ViT-Ti/16 | 1 | {artifact} |" in text, artifact
     assert "### Training step op by op" in text
     for group in ("| MatMul (2-D) |", "| optimizer update (AdamW) |", "| all ops |"):
         assert group in text, group

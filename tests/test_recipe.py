@@ -95,6 +95,27 @@ def test_strategy_by_name(monkeypatch):
         recipe.make_strategy("horovod")
 
 
+def test_xla_for_the_step_is_off_by_default_on_tensorflow_and_the_cli_can_ask_for_it():
+    """None (auto) means no whole-step XLA on TensorFlow, where keras_vit's step measured no
+    faster compiled (docs/benchmarks.md); an explicit choice always wins."""
+    from keras_vit.training import cli
+
+    assert recipe.jit_compile_for(None) is False
+    assert recipe.jit_compile_for(True) is True and recipe.jit_compile_for(False) is False
+    parse = lambda *argv: cli.config_from_args(list(argv)).jit_compile  # noqa: E731
+    assert parse() is None
+    assert parse("--jit-compile", "auto") is None
+    assert parse("--jit-compile") is True
+    assert parse("--jit-compile", "false") is False
+    with pytest.raises(SystemExit):
+        parse("--jit-compile", "sometimes")
+    from keras_vit.training.config import TrainConfig
+
+    assert TrainConfig.from_dict({"jit_compile": "auto"}).jit_compile is None  # as a config file says it
+    with pytest.raises(ValueError, match="jit_compile must be true, false or auto"):
+        TrainConfig.from_dict({"jit_compile": "sometimes"})
+
+
 def test_weights_ema_is_what_the_model_holds_after_fit():
     """With ema_momentum, fit ends with the exponential moving average of the weights: the
     same average recomputed by hand from the weights after every step."""

@@ -113,6 +113,7 @@ def test_cli_with_config_file_and_finished_run_protection(tmp_path, capsys):
     options = json.loads((run / "config.json").read_text())["options"]
     assert options["batch_size"] == 16 and options["learning_rate"] == 0.001
     assert options["model_options"]["patch_size"] == 4  # the small default, refined by the file
+    assert json.loads((run / "config.json").read_text())["jit_compile_used"] is False
     # The resolved config.yaml trains the same run again.
     stamp = (run / "model.keras").stat().st_mtime_ns
     assert cli.main(["--config", str(config_file), "--out", str(run)]) == 2

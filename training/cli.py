@@ -37,6 +37,7 @@ HELP = {
     "cutmix": "keras-cv CutMix alpha",
     "warmup_epochs": "linear warm-up length (then cosine decay)",
     "clipnorm": "global-norm gradient clipping (0: off)",
+    "jit_compile": "XLA for the whole training step; auto (default): the faster path for the backend",
     "ema_momentum": "keep an EMA of the weights (e.g. 0.998); the final model gets the average",
     "precision": "mixed_bfloat16 on CPU/TPU, mixed_float16 on GPU",
     "strategy": "multi_worker reads TF_CONFIG",
@@ -54,6 +55,10 @@ def _bool(text):
     if text.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _optional_bool(text):
+    return None if text.lower() in ("auto", "none") else _bool(text)
 
 
 def _optional(kind):
@@ -91,10 +96,10 @@ def build_parser():
         optional = typing.get_origin(kind) in (typing.Union, types.UnionType)  # Optional[X] or X | None
         base = typing.get_args(kind)[0] if optional else kind
         if base is bool:
-            kwargs["type"] = _bool
+            kwargs["type"] = _optional_bool if optional else _bool
             kwargs["nargs"] = "?"
             kwargs["const"] = True
-            kwargs["metavar"] = "BOOL"
+            kwargs["metavar"] = "BOOL|auto" if optional else "BOOL"
         else:
             kwargs["type"] = _optional(base) if optional else base
         if field.name in CHOICES:

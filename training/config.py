@@ -64,7 +64,8 @@ class TrainConfig:
     ema_momentum: float | None = None
     label_smoothing: float = 0.1
     precision: str = "float32"
-    jit_compile: bool = True
+    # XLA for the whole training step; None: the faster path for the backend (`recipe.jit_compile_for`).
+    jit_compile: bool | None = None
     strategy: str = "default"
     seed: int = 0
 
@@ -97,6 +98,10 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}.")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
+        if self.jit_compile == "auto":  # as on the command line
+            self.jit_compile = None
+        if self.jit_compile not in (None, True, False):
+            raise ValueError(f"jit_compile must be true, false or auto, got {self.jit_compile!r}.")
         if self.model_options is None:
             self.model_options = {}
         if self.model == "ViT":  # given options refine the small default

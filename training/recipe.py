@@ -8,6 +8,7 @@
   Both clip gradients by global norm (1.0 by default).
 - `make_loss`: categorical cross-entropy on float32 logits with label smoothing.
 - `set_precision`: "float32", "mixed_bfloat16" (CPU/TPU) or "mixed_float16" (GPU).
+- `jit_compile_for`: XLA for the whole step or not, when the run does not say.
 - `make_strategy`: a `tf.distribute` strategy by name.
 """
 
@@ -83,6 +84,18 @@ def make_optimizer(
 
     # Clip the summed gradient, not each replica's share of it (see compat.py, fix 3).
     return compat.clip_after_cross_replica_sum(optimizer)
+
+
+def jit_compile_for(asked=None):
+    """Whether `model.compile` XLA-compiles the training step: `asked` when it is a bool;
+    else, on TensorFlow, False: keras_vit's TensorFlow step already runs its element-wise
+    hot spots as XLA kernels (`keras_vit.tensorflow_kernels`) next to oneDNN's matmuls, and
+    compiling the whole step measured no faster (docs/benchmarks.md, "Training step", with
+    keras_vit's default as a row of its own); on the other backends Keras' own "auto" (JAX
+    always compiles)."""
+    if asked is not None:
+        return bool(asked)
+    return False if keras.backend.backend() == "tensorflow" else "auto"
 
 
 def make_loss(label_smoothing=0.0):

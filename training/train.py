@@ -264,11 +264,14 @@ def _build_model(config, facts, steps):
         model, config.optimizer, schedule, config.weight_decay, config.momentum, config.clipnorm,
         ema_momentum=config.ema_momentum,
     )
+    jit_compile = recipe.jit_compile_for(config.jit_compile)
+    log(f"XLA for the whole training step: {jit_compile}"
+        + (" (auto)" if config.jit_compile is None else ""))
     model.compile(
         optimizer=optimizer,
         loss=recipe.make_loss(config.label_smoothing),
         metrics=["accuracy"],
-        jit_compile=config.jit_compile,
+        jit_compile=jit_compile,
     )
     return model
 
@@ -278,6 +281,8 @@ def _write_run_facts(config, run_dir, model, facts):
     resolved = {
         "options": config.to_dict(),
         "model_config": model.vit_config.to_dict(),
+        # What `jit_compile` (None: auto) became for this backend.
+        "jit_compile_used": recipe.jit_compile_for(config.jit_compile),
         "resume_free": list(TrainConfig.RESUME_FREE),
         "keras_vit_version": keras_vit.__version__,
     }
