@@ -10,6 +10,7 @@ who sets `TF_CPP_MIN_LOG_LEVEL` or passes `--verbose` (`--verbose 3` to `keras-v
 whose `--verbose 0..2` is Keras' progress-bar setting) sees them as usual.
 """
 
+import contextlib
 import os
 import re
 import sys
@@ -29,6 +30,21 @@ def log(command, message):
 def error(command, message):
     """`keras-vit COMMAND: error: message` on stderr (bad input; the command then exits 2)."""
     print(f"{COMMAND} {command}: error: {message}", file=sys.stderr, flush=True)
+
+
+class ProgressBar:
+    """Keras' progress bar (`keras.utils.Progbar`) drawn on stderr, so that a command's stdout
+    stays JSON or CSV. `update(done)` with the count done so far, out of `total` `unit`."""
+
+    def __init__(self, total, unit="step"):
+        import keras
+
+        with contextlib.redirect_stdout(sys.stderr):  # Progbar writes to (and asks) sys.stdout
+            self._bar = keras.utils.Progbar(total, unit_name=unit)
+
+    def update(self, done):
+        with contextlib.redirect_stdout(sys.stderr):
+            self._bar.update(done)
 
 
 def running_as_command(argv=None, orig_argv=None):

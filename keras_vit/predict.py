@@ -303,7 +303,7 @@ def images_to_process(paths):
 # ----------------------------------------------------------------------------- predict
 
 
-def predict(source, paths, top_k=5, batch_size=DEFAULT_BATCH_SIZE, log=None):
+def predict(source, paths, top_k=5, batch_size=DEFAULT_BATCH_SIZE, log=None, progress=None):
     """The `top_k` classes of every image in `paths` (files and folders).
 
     Args:
@@ -312,7 +312,10 @@ def predict(source, paths, top_k=5, batch_size=DEFAULT_BATCH_SIZE, log=None):
         top_k: classes per image (at most the number of classes).
         batch_size: images per model call.
         log: None, or a function called with a line per file skipped, and per batch when
-            there is more than one.
+            there is more than one (unless `progress` is given).
+        progress: None, or a function of the number of files returning an object with
+            `update(files_done)`, e.g. `console.ProgressBar`; used when there is more than
+            one batch.
 
     Returns:
         (results, errors): results, one per readable image, in order:
@@ -329,6 +332,7 @@ def predict(source, paths, top_k=5, batch_size=DEFAULT_BATCH_SIZE, log=None):
     files, errors = images_to_process(paths)
     report_errors(errors, log)
     results, num_batches = [], -(-len(files) // batch_size)
+    bar = progress(len(files)) if progress is not None and num_batches > 1 else None
     for index, (readable, images, batch_errors) in enumerate(image_batches(predictor, files, batch_size)):
         report_errors(batch_errors, log)
         errors += batch_errors
@@ -337,8 +341,11 @@ def predict(source, paths, top_k=5, batch_size=DEFAULT_BATCH_SIZE, log=None):
             for path, top in zip(readable, decode_predictions(probabilities, top=top_k, labels=predictor.class_names)):
                 predictions = [{"class_id": i, "name": name, "probability": score} for i, name, score in top]
                 results.append({"file": str(path), "predictions": predictions})
-        if num_batches > 1:
-            log(f"batch {index + 1}/{num_batches}: {min((index + 1) * batch_size, len(files))}/{len(files)} files")
+        done = min((index + 1) * batch_size, len(files))
+        if bar is not None:
+            bar.update(done)
+        elif num_batches > 1:
+            log(f"batch {index + 1}/{num_batches}: {done}/{len(files)} files")
     return results, errors
 
 
@@ -441,7 +448,10 @@ def main(argv=None):
         predictor, paths = load_from_arguments(args, COMMAND)
         console.log(COMMAND, f"{predictor.runtime} model, {predictor.image_size[0]}x{predictor.image_size[1]}, {len(predictor.class_names)} classes")
         log = lambda message: console.log(COMMAND, message)
-        results, errors = predict(predictor, paths, top_k=args.top_k, batch_size=args.batch_size, log=log)
+        results, errors = predict(
+            predictor, paths, top_k=args.top_k, batch_size=args.batch_size, log=log,
+            progress=lambda total: console.ProgressBar(total, unit="file"),
+        )
     except PredictError as error:
         console.error(COMMAND, error)
         return 2

@@ -1,4 +1,4 @@
-"""The benchmark entry point runs end to end in --quick mode (no timing assertions), the
+"""The benchmark entry points run end to end in --quick mode (no timing assertions), the
 step profile groups TensorFlow's op types as its table says, and the optional timm peer
 stays out cleanly where torch is missing."""
 
@@ -72,3 +72,26 @@ def test_forward_flops_match_the_published_count_and_keras_vit_skips_the_last_bl
     tokens, d, m = 197, 768, 3072
     per_skipped_token = 2 * (d * d + 2 * tokens * d + d * d + 2 * d * m)  # q, attention, output, MLP
     assert full - peers.forward_flops("B", 224, 16, peer="keras_vit") == (tokens - 1) * per_skipped_token
+
+
+@pytest.mark.slow
+def test_regression_check_compares_two_checkouts_of_the_same_models(tmp_path):
+    """HEAD against the working tree: both children build the plain ViT from their own copy
+    (the check refuses a child that imported keras_vit from elsewhere) and the row is written."""
+    doc = tmp_path / "benchmarks.md"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "regression.py"), "--base", "HEAD", "--quick", "--doc", str(doc)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = doc.read_text()
+    assert "<!-- BEGIN regression -->" in text and "| ViT-Ti/16 b1 tf.function |" in text
+
+
+def test_regression_check_names_an_unknown_base_commit():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "regression.py"), "--base", "no-such-commit", "--quick",
+         "--doc", "/dev/null"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "Unknown commit 'no-such-commit'" in result.stderr
