@@ -42,10 +42,9 @@ def main(argv=None):
             "`python benchmarks/export.py`. Every artifact is verified against the Keras model on the "
             "digits test split before it is written: float32 max abs logit diff <= 1e-4, float16 <= 1e-2 x max(1, max |logit|), "
             "int8 top-1 agreement >= 98% and accuracy within 1 point. Latency is the median wall time of "
-            "one call on this machine, the Keras model (a `tf.function`) timed in the same run; the "
-            "machine was shared with other jobs, so absolute figures are inflated and noisy, the ratios "
-            "less so. TFLite runs in the `ai_edge_litert` interpreter (XNNPACK, all cores), ONNX in "
-            "onnxruntime (CPU).",
+            "one call on this machine, the Keras model (a `tf.function`) timed in the same run; times "
+            "of a fraction of a millisecond are noisy, the ratios between artifacts less so. TFLite "
+            "runs in the `ai_edge_litert` interpreter (XNNPACK, all cores), ONNX in onnxruntime (CPU).",
             f"Model: {model_line or report['model']}. Exported {report['created']} on {report['machine']}.",
             markdown(report),
             "Machine at the time of recording:\n\n" + facts_markdown(machine_facts()),

@@ -32,7 +32,9 @@ from keras_vit.export.formats import QUANTIZATIONS
 NUM_CALIBRATION_IMAGES = 200
 
 
-# The ops the `int8` variant quantizes; every other op of the graph stays float32.
+# The ops the `int8` variant quantizes; every other op of the graph stays float32, so that the
+# graph stays in one XNNPACK partition (XNNPACK has no int8 LayerNorm, GELU, softmax or
+# batch-matmul; `full_int8` quantizes them anyway: docs/benchmarks.md, measured facts).
 INT8_OPS = ("FULLY_CONNECTED", "CONV_2D")
 NEEDS_CALIBRATION = ("int8", "full_int8")
 

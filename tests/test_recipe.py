@@ -116,6 +116,22 @@ def test_xla_for_the_step_is_off_by_default_on_tensorflow_and_the_cli_can_ask_fo
         TrainConfig.from_dict({"jit_compile": "sometimes"})
 
 
+@pytest.mark.parametrize("momentum, steps", [(0.998, 600), (0.9, 12), (0.9999, 4100)])
+def test_a_moving_average_too_slow_for_the_run_is_named_with_a_momentum_that_fits(momentum, steps):
+    """Keras' average starts at the first step's weights: after n steps they weigh m ** n. The
+    warning gives that share and a momentum whose leftover is within the limit."""
+    message = recipe.ema_too_slow(momentum, steps)
+    assert f"{momentum ** steps:.0%} of the initial weights" in message
+    largest = float(message.rsplit("ema_momentum <= ", 1)[1].split()[0])
+    assert largest < momentum and largest ** steps <= recipe.EMA_LEFTOVER_LIMIT
+    assert recipe.ema_too_slow(largest, steps) is None
+
+
+def test_a_moving_average_that_forgets_its_start_in_time_is_not_warned_about():
+    assert recipe.ema_too_slow(0.998, 100 * 41) is None  # the quickstart: 100 epochs of 41 steps
+    assert recipe.ema_too_slow(None, 10) is None and recipe.ema_too_slow(0.0, 10) is None
+
+
 def test_weights_ema_is_what_the_model_holds_after_fit():
     """With ema_momentum, fit ends with the exponential moving average of the weights: the
     same average recomputed by hand from the weights after every step."""

@@ -70,11 +70,13 @@ def test_run_folder_has_one_model_chosen_on_validation_and_metrics_describe_it(t
     assert result["metrics"] == metrics
 
 
-def test_ema_run_saves_the_averaged_weights_that_validation_measured(tmp_path):
+def test_ema_run_saves_the_averaged_weights_that_validation_measured(tmp_path, capsys):
     """With a weights EMA the chosen model holds the average (what validation measured), not
-    the raw weights the optimizer steps."""
+    the raw weights the optimizer steps; a run too short for its momentum says so."""
     run = tmp_path / "run"
     result = train(_tiny_options(run, learning_rate=3e-3, epochs=2, ema_momentum=0.9))
+    # 12 steps: 0.9 ** 12 = 28% of the initial weights are still in the average.
+    assert "warning: the moving average of the weights (ema_momentum 0.9) will still hold 28%" in capsys.readouterr().err
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["weights"].startswith("exponential moving average")
     model = keras.saving.load_model(run / "model.keras")

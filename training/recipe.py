@@ -6,6 +6,8 @@
   (`ViTModel.no_weight_decay()`: biases, norms, the position embedding and the tokens); or
   SGD with momentum (the paper's fine-tuning recipe).
   Both clip gradients by global norm (1.0 by default).
+- `ema_too_slow`: whether a moving average of the weights would still hold the initial
+  weights at the end of the run.
 - `make_loss`: categorical cross-entropy on float32 logits with label smoothing.
 - `set_precision`: "float32", "mixed_bfloat16" (CPU/TPU) or "mixed_float16" (GPU).
 - `jit_compile_for`: XLA for the whole step or not, when the run does not say.
@@ -13,6 +15,7 @@
 """
 
 import json
+import math
 import os
 
 import keras
@@ -96,6 +99,29 @@ def jit_compile_for(asked=None):
     if asked is not None:
         return bool(asked)
     return False if keras.backend.backend() == "tensorflow" else "auto"
+
+
+# The share of the weights after the first step (about the random initial ones) that a moving
+# average may still hold at the end of a run before `train` warns. Keras' average starts from
+# them, without bias correction, so after n steps they weigh momentum ** n.
+EMA_LEFTOVER_LIMIT = 0.01
+
+
+def ema_too_slow(ema_momentum, total_steps):
+    """None, or a sentence for the log when an average of `ema_momentum` over `total_steps`
+    steps still holds more than `EMA_LEFTOVER_LIMIT` of the initial weights at the end (e.g.
+    0.998 over 600 steps: 30%); the largest momentum that would not."""
+    if not ema_momentum or total_steps <= 0:
+        return None
+    leftover = ema_momentum ** total_steps
+    if leftover <= EMA_LEFTOVER_LIMIT:
+        return None
+    largest = math.floor(EMA_LEFTOVER_LIMIT ** (1 / total_steps) * 1000) / 1000
+    return (
+        f"the moving average of the weights (ema_momentum {ema_momentum}) will still hold "
+        f"{leftover:.0%} of the initial weights after this run's {total_steps} steps, and validation, "
+        f"model.keras and the test accuracy use it: use ema_momentum <= {largest} or more epochs"
+    )
 
 
 def make_loss(label_smoothing=0.0):

@@ -264,6 +264,8 @@ def _build_model(config, facts, steps):
         model, config.optimizer, schedule, config.weight_decay, config.momentum, config.clipnorm,
         ema_momentum=config.ema_momentum,
     )
+    if warning := recipe.ema_too_slow(config.ema_momentum, total_steps):
+        log(f"warning: {warning}")
     jit_compile = recipe.jit_compile_for(config.jit_compile)
     log(f"XLA for the whole training step: {jit_compile}"
         + (" (auto)" if config.jit_compile is None else ""))
