@@ -17,6 +17,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from report import facts_markdown, machine_facts, markdown_table, write_section  # noqa: E402
 
 from keras_vit import console  # noqa: E402
+from keras_vit.export import formats  # noqa: E402
 
 # The quickstart's own options, and a ViT-Ti-width model (the size) on the digits at 32 px.
 RUNS = {
@@ -28,7 +29,7 @@ RUNS = {
         model_options=dict(patch_size=4, hidden_dim=192, num_layers=12, num_heads=3, mlp_dim=768, pooling="gap", drop_path_rate=0.1),
     ),
 }
-QUANTIZATIONS = "none,float16,dynamic,int8,full_int8"
+QUANTIZATIONS = ",".join(formats.QUANTIZATIONS)  # every one, full_int8 included
 
 
 def log(message):

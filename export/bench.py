@@ -44,11 +44,12 @@ def write_artifacts(model, workdir, calibration_images=None):
     onnx.save(proto, str(workdir / formats.ONNX_FILE_NAME))
     fused = onnx_export.optimize(proto)[0]
     onnx.save(fused, str(workdir / formats.ONNX_OPTIMIZED_FILE_NAME))
-    (workdir / formats.TFLITE_FILE_NAMES["none"]).write_bytes(tflite.convert(model, "none"))
+    float_model = tflite.convert(model, "none")
+    (workdir / formats.TFLITE_FILE_NAMES["none"]).write_bytes(float_model)
     if calibration_images is not None:
         onnx.save(onnx_export.quantize(fused), str(workdir / formats.ONNX_INT8_FILE_NAME))
         for quantization in LITERT_INT8.values():
-            content = tflite.convert(model, quantization, calibration_images)
+            content = tflite.convert(model, quantization, calibration_images, float_model=float_model)
             (workdir / formats.TFLITE_FILE_NAMES[quantization]).write_bytes(content)
 
 

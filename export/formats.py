@@ -1,5 +1,5 @@
 """The names of what `keras-vit export` writes: one place for the command line, the
-pipeline and the converters (no TensorFlow import here, so the command parses fast)."""
+pipeline, the converters and the benchmarks."""
 
 FORMATS = ("saved_model", "tflite", "onnx")
 # Quantizations. TFLite: float16 weights; "dynamic", int8 weights and activations quantized

@@ -220,6 +220,7 @@ def _artifacts(src, formats, quantizations, calibration_images):
             )
         )
     if "tflite" in formats:
+        float_once = functools.cache(lambda: tflite.convert(model, "none"))  # the int8 variant reads its ops
         for quantization in quantizations:
             artifacts.append(
                 Artifact(
@@ -228,7 +229,7 @@ def _artifacts(src, formats, quantizations, calibration_images):
                     quantization,
                     TFLITE_FILE_NAMES[quantization],
                     {"none": "float32", "float16": "float16"}.get(quantization, "int8"),
-                    build=lambda path, q=quantization: _build_tflite(model, q, calibration_images, path),
+                    build=lambda path, q=quantization: _build_tflite(model, q, calibration_images, float_once, path),
                     load=tflite.load_runner,
                 )
             )
@@ -265,8 +266,11 @@ def _build_saved_model(model, class_names, path):
     return {"signatures": [saved_model.DEFAULT_SIGNATURE, saved_model.BYTES_SIGNATURE]}
 
 
-def _build_tflite(model, quantization, calibration_images, path):
-    content = tflite.convert(model, quantization, calibration_images)
+def _build_tflite(model, quantization, calibration_images, float_once, path):
+    if quantization == "none":
+        content = float_once()
+    else:
+        content = tflite.convert(model, quantization, calibration_images, float_model=float_once() if quantization == "int8" else None)
     extra = tflite.non_builtin_ops(content)
     if extra:  # cannot happen with TFLITE_BUILTINS only, but a stock runtime must load it
         raise RuntimeError(f"non-builtin ops {extra}")

@@ -62,10 +62,11 @@ def _op_note(row):
 
 
 def speed_summary(rows):
-    """The fastest verified artifact per batch size, and every quantized artifact slower than
-    the float32 artifact of its own runtime (TFLite: tflite_float32; ONNX: the faster of
-    onnx and onnx_optimized), with how much slower."""
-    verified = [row for row in rows if row["passed"] and row.get("latency_ms_batch1") is not None]
+    """The fastest verified artifact per batch size (the Keras model, the reference, is not
+    an artifact), and every quantized artifact slower than the float32 artifact of its own
+    runtime (TFLite: tflite_float32; ONNX: the faster of onnx and onnx_optimized), with how
+    much slower."""
+    verified = [row for row in rows if row["passed"] and row["format"] != "keras" and row.get("latency_ms_batch1") is not None]
     summary = {"fastest": {}, "slower_than_float32": {}}
     for batch in (1, 8):
         key = f"latency_ms_batch{batch}"

@@ -18,7 +18,7 @@ import pathlib
 
 import numpy as np
 
-from keras_vit.preprocessing import IMAGE_EXTENSIONS
+from keras_vit.preprocessing import IMAGE_EXTENSIONS, image_files
 
 RUN_MODEL_FILE = "model.keras"  # what a run folder names in metrics.json's "model"
 NUM_SYNTHETIC_IMAGES = 64
@@ -57,8 +57,10 @@ class ExportSource:
 
     @property
     def class_names(self):
-        """The model's class names, or `class_0`, `class_1`, ... when it carries none."""
-        return self.config.class_names or [f"class_{i}" for i in range(self.config.num_classes)]
+        """The model's class names (`keras_vit.labels.class_names_or_default`)."""
+        from keras_vit.labels import class_names_or_default
+
+        return class_names_or_default(self.config.class_names, self.config.num_classes)
 
     def normalise(self, images):
         """uint8 [N, H, W, 3] -> float32 [N, H, W, 3], the model's input."""
@@ -176,7 +178,7 @@ def images_from_path(path, src):
             raise ExportError(f"{path} must hold uint8 images [N, H, W, 3], got shape {images.shape}.")
         images = np.clip(np.round(images), 0, 255).astype(np.uint8)
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = image_files(path)
         if not files:
             raise ExportError(f"{path} holds no image files ({', '.join(IMAGE_EXTENSIONS)}).")
         try:

@@ -39,11 +39,13 @@ INT8_OPS = ("FULLY_CONNECTED", "CONV_2D")
 NEEDS_CALIBRATION = ("int8", "full_int8")
 
 
-def convert(model, quantization="none", calibration_images=None):
+def convert(model, quantization="none", calibration_images=None, float_model=None):
     """Keras model -> `.tflite` bytes.
 
     `calibration_images`: float32 [N, H, W, 3] normalised images (the representative
-    dataset), required for `int8` and `full_int8`.
+    dataset), required for `int8` and `full_int8`. `float_model`: the float32 `.tflite`
+    bytes of the same model, when already made (`int8` reads its op list from them instead
+    of converting again).
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"Unknown quantization {quantization!r}: expected one of {QUANTIZATIONS}.")
@@ -54,7 +56,7 @@ def convert(model, quantization="none", calibration_images=None):
         images = np.asarray(calibration_images[:NUM_CALIBRATION_IMAGES], np.float32)
         converter.representative_dataset = lambda: ([image[None]] for image in images)
     if quantization == "int8":
-        return _quantize_matmuls_only(model, converter, images)
+        return _quantize_matmuls_only(converter, images, float_model or _converter(model, "none").convert())
     return converter.convert()
 
 
@@ -70,10 +72,11 @@ def _converter(model, quantization):
     return converter
 
 
-def _quantize_matmuls_only(model, converter, images):
-    """Static int8 for `INT8_OPS`, every other op of the float graph denied quantization (TF's
-    selective quantization, `tf.lite.experimental.QuantizationDebugger`)."""
-    float_ops = sorted(set(op_names(_converter(model, "none").convert())) - set(INT8_OPS))
+def _quantize_matmuls_only(converter, images, float_model):
+    """Static int8 for `INT8_OPS`, every other op of the float graph (`float_model`, its
+    `.tflite` bytes) denied quantization (TF's selective quantization,
+    `tf.lite.experimental.QuantizationDebugger`)."""
+    float_ops = sorted(set(op_names(float_model)) - set(INT8_OPS))
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=float_ops)
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=lambda: ([image[None]] for image in images[:1]), debug_options=options

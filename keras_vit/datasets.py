@@ -28,7 +28,7 @@ import pathlib
 
 import numpy as np
 
-from keras_vit.preprocessing import IMAGE_EXTENSIONS, Preprocessing, decode_image, resize_for_model
+from keras_vit.preprocessing import IMAGE_EXTENSIONS, Preprocessing, decode_image, image_files, resize_for_model
 
 SPLITS = ("train", "validation", "test")
 DIGITS_TEST_SIZE = 360  # 20% of the 1797 scikit-learn digits, stratified, seed 0
@@ -237,7 +237,7 @@ def _list_class_files(root):
     """{class name: [sorted files]} for the class sub-folders of `root`."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = {
-        c: sorted(str(f) for f in (root / c).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        c: [str(f) for f in image_files(root / c)]
         for c in classes
     }
     return {c: fs for c, fs in files.items() if fs}

@@ -118,10 +118,10 @@ def _sides(images):
     return tuple(images.shape[i] if images.shape[i] is not None else ops.shape(images)[i] for i in (1, 2))
 
 
-def patch_grid(images, patch_size, pad=False):
-    """The patch grid (rows, cols) of images [B, H, W, C] (see `_sides`); `pad` counts a
-    partial last patch (padded)."""
-    return tuple((side + p - 1) // p if pad else side // p for side, p in zip(_sides(images), patch_size))
+def patch_grid(sides, patch_size, pad=False):
+    """The patch grid (rows, cols) of an image of `sides` (H, W), ints or run-time scalars
+    (see `_sides`); `pad` counts a partial last patch (padded)."""
+    return tuple((side + p - 1) // p if pad else side // p for side, p in zip(sides, patch_size))
 
 
 @register
@@ -156,7 +156,8 @@ class PatchEmbedding(keras.layers.Layer):
     def call(self, images):
         (ph, pw), (height, width) = self.patch_size, images.shape[1:3]
         if self.pad:
-            (rows, cols), (h, w) = patch_grid(images, self.patch_size, pad=True), _sides(images)
+            h, w = _sides(images)
+            rows, cols = patch_grid((h, w), self.patch_size, pad=True)
             images = ops.pad(images, ((0, 0), (0, rows * ph - h), (0, cols * pw - w), (0, 0)))
         elif (height is not None and height % ph) or (width is not None and width % pw):
             raise ValueError(self._size_error(height, width))
@@ -178,7 +179,7 @@ class PatchEmbedding(keras.layers.Layer):
         batch, height, width, _ = input_shape
         if height is None or width is None:
             return (batch, None, self.hidden_dim)
-        rows, cols = ((side + p - 1) // p if self.pad else side // p for side, p in zip((height, width), self.patch_size))
+        rows, cols = patch_grid((height, width), self.patch_size, self.pad)
         return (batch, rows * cols, self.hidden_dim)
 
     def get_config(self):
@@ -267,7 +268,7 @@ class PositionEmbedding(keras.layers.Layer):
         if not self.resize_method:
             return inputs + ops.cast(self.embedding, inputs.dtype)
         tokens, images = inputs
-        grid = patch_grid(images, self.patch_size, self.pad)
+        grid = patch_grid(_sides(images), self.patch_size, self.pad)
         embedding = resize_position_embedding_in_graph(self.embedding, self.grid_size, grid, self.num_prefix_tokens, self.resize_method)
         return tokens + ops.cast(embedding, tokens.dtype)
 

@@ -11,9 +11,7 @@ from keras_vit.weights import (
     config_for_checkpoint,
     load_checkpoint,
     match_variant,
-    named_weights,
-    read_checkpoint,
-    resolve_weights,
+    read_weights,
 )
 
 
@@ -195,9 +193,8 @@ def _build_with_weights(config, weights, explicit, input_tensor, name):
     """Reads the checkpoint, lets it (and, for named weights, their entry) decide the options
     not in `explicit`, builds, loads."""
     variant = match_variant(config.hidden_dim, config.num_layers, config.num_heads, config.mlp_dim, config.patch_size)
-    entry = named_weights(weights, variant)
-    checkpoint = read_checkpoint(resolve_weights(weights, variant))
-    config = config_for_checkpoint(config, checkpoint, explicit, decided=entry.options if entry else None)
+    checkpoint, entry = read_weights(weights, variant)
+    config = config_for_checkpoint(config, checkpoint, explicit)
     if entry is not None:  # what the publisher says the inputs and outputs are
         carried = {"preprocessing": entry.preprocessing}
         if entry.labels is not None and config.include_top and config.num_classes == entry.num_classes:

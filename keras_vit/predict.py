@@ -33,8 +33,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from keras_vit import console
-from keras_vit.preprocessing import IMAGE_EXTENSIONS, ImageError, Preprocessing, decode_image, preprocess_input, resize_for_model
+from keras_vit import console, labels
+from keras_vit.preprocessing import ImageError, Preprocessing, decode_image, image_files, preprocess_input, resize_for_model
 
 COMMAND = "predict"
 RUNTIMES = ("keras", "saved_model", "tflite", "onnx")
@@ -176,7 +176,7 @@ def _keras_predictor(model, description):
         run=run,
         image_size=tuple(config.image_size),
         preprocessing=config.preprocessing,
-        class_names=class_names_for(config.class_names, config.num_classes),
+        class_names=labels.class_names_or_default(config.class_names, config.num_classes),
         # Only plain logits get the softmax; any other activation's outputs are the scores.
         outputs_probabilities=config.classifier_activation is not None,
         model=model,
@@ -225,7 +225,7 @@ def _artifact_predictor(path, runtime, folder):
         raise PredictError(f"{path} needs {error.name or 'its runtime'} (pip install 'keras_vit[export]').") from None
     except Exception as error:  # a corrupt or foreign file: the runtime's own message
         raise PredictError(f"{path} could not be loaded by its runtime: {str(error).strip()[:300]}") from None
-    return Predictor(str(path), runtime, run, image_size, preprocessing, class_names_for(names, len(names)))
+    return Predictor(str(path), runtime, run, image_size, preprocessing, [str(name) for name in names])
 
 
 def _artifact_runner(path, runtime):
@@ -242,19 +242,6 @@ def _artifact_runner(path, runtime):
     return onnx_export.load_runner(path)
 
 
-def class_names_for(names, num_classes):
-    """The class names a model carries; else ImageNet-1k / 21k by the number of classes; else
-    `class_0`, `class_1`, ..."""
-    from keras_vit.labels import resolve_labels
-
-    if names:
-        return [str(name) for name in names]
-    try:
-        return resolve_labels(None, num_classes)
-    except ValueError:
-        return [f"class_{i}" for i in range(num_classes)]
-
-
 # ----------------------------------------------------------------------------- images
 
 
@@ -267,7 +254,7 @@ def collect_images(paths):
     files, errors = [], []
     for path in map(pathlib.Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            files += image_files(path)
         elif path.exists():
             files.append(path)
         else:
@@ -293,6 +280,7 @@ def image_batches(predictor, files, batch_size):
 
 def images_to_process(paths):
     """`collect_images`, with no image at all a `PredictError`."""
+    paths = [paths] if isinstance(paths, (str, pathlib.Path)) else list(paths)
     files, errors = collect_images(paths)
     if not files:
         missing = "; ".join(error["error"] for error in errors)
@@ -324,8 +312,6 @@ def predict(source, paths, top_k=5, batch_size=DEFAULT_BATCH_SIZE, log=None, pro
 
     Raises `PredictError` for bad input (source, no images, top_k or batch_size < 1).
     """
-    from keras_vit.labels import decode_predictions
-
     check_counts(top_k=top_k, batch_size=batch_size)
     predictor = source if isinstance(source, Predictor) else load_predictor(source)
     log = log or (lambda message: None)
@@ -338,7 +324,7 @@ def predict(source, paths, top_k=5, batch_size=DEFAULT_BATCH_SIZE, log=None, pro
         errors += batch_errors
         if readable:
             probabilities = predictor.probabilities(predictor.normalise(images))
-            for path, top in zip(readable, decode_predictions(probabilities, top=top_k, labels=predictor.class_names)):
+            for path, top in zip(readable, labels.decode_predictions(probabilities, top=top_k, labels=predictor.class_names)):
                 predictions = [{"class_id": i, "name": name, "probability": score} for i, name, score in top]
                 results.append({"file": str(path), "predictions": predictions})
         done = min((index + 1) * batch_size, len(files))

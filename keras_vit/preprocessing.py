@@ -12,6 +12,7 @@ normalisation, resize interpolation, and crop. A keras_vit model carries its own
 
 import dataclasses
 import math
+import pathlib
 
 from keras import ops
 
@@ -23,6 +24,11 @@ CROP_MODES = ("squash", "center")
 # What `decode_image` reads (PIL); TensorFlow's in-graph decoder (the SavedModel's bytes
 # signature) reads the first four.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def image_files(folder):
+    """The image files (`IMAGE_EXTENSIONS`, any case) under `folder`, recursively, sorted."""
+    return sorted(p for p in pathlib.Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 class ImageError(ValueError):

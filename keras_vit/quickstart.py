@@ -49,16 +49,17 @@ def main(argv=None):
     if not args.skip_export:
         console.log("quickstart", "exporting the trained model")
         from keras_vit.export import cli as export_cli
+        from keras_vit.export.formats import REPORT_FILE
 
         code = export_cli.main([str(run_dir), "--out", str(run_dir / "export")])
         export_status = f"written to {run_dir / 'export'}" if not code else f"failed (exit status {code})"
-        report_path = run_dir / "export" / "export_report.json"
-        if report_path.is_file():
-            keras_row = json.loads(report_path.read_text())["artifacts"][0]
-            export_accuracy = keras_row["accuracy"]
+        report_path = run_dir / "export" / REPORT_FILE
+        if report_path.is_file():  # the export's own measure of the model it read (the reference row)
+            rows = json.loads(report_path.read_text())["artifacts"]
+            export_accuracy = next(row["accuracy"] for row in rows if row["format"] == "keras")
 
     metrics = result["metrics"]
-    exported = "" if export_accuracy is None else f"; the exported model measured {export_accuracy:.4f} in the export"
+    exported = "" if export_accuracy is None else f"; the export measured {export_accuracy:.4f} for the same model"
     print(
         "\nQuickstart summary\n"
         f"  run folder:     {run_dir}\n"

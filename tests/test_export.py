@@ -561,3 +561,27 @@ def test_saved_model_of_a_centre_crop_model_serves_bytes_as_keras_sees_them(tmp_
     report = pipeline.export(path, tmp_path / "out", formats="saved_model", latency_repeats=1)
     row = rows_by_name(report)["saved_model"]
     assert report["passed"] and row["details"]["bytes_signature"]["max_abs_score_diff"] <= 1e-4
+
+
+def test_speed_summary_names_the_fastest_artifact_and_flags_slow_quantized_ones():
+    """Made-up rows: the Keras reference is never 'the fastest artifact'; a quantized artifact
+    slower than its runtime's float32 one is flagged with the ratio, per batch size."""
+    from keras_vit.export import report
+
+    def row(artifact, fmt, quantization, b1, b8, passed=True):
+        return {"artifact": artifact, "format": fmt, "quantization": quantization, "passed": passed,
+                "latency_ms_batch1": b1, "latency_ms_batch8": b8}
+
+    rows = [
+        row("keras", "keras", "none", 0.5, 1.0),
+        row("tflite_float32", "tflite", "none", 2.0, 10.0),
+        row("tflite_int8", "tflite", "int8", 1.0, 12.0),
+        row("tflite_full_int8", "tflite", "full_int8", 0.1, 0.1, passed=False),  # unverified: ignored
+        row("onnx", "onnx", "none", 3.0, 9.0),
+        row("onnx_optimized", "onnx", "none", 2.5, 9.5),
+        row("onnx_int8", "onnx", "int8", 3.0, 8.0),
+    ]
+    summary = report.speed_summary(rows)
+    assert summary["fastest"] == {"batch1": {"artifact": "tflite_int8", "latency_ms": 1.0},
+                                  "batch8": {"artifact": "onnx_int8", "latency_ms": 8.0}}
+    assert summary["slower_than_float32"] == {"tflite_int8": {"batch8": 1.2}, "onnx_int8": {"batch1": 1.2}}

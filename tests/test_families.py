@@ -324,6 +324,23 @@ def test_named_family_weights_carry_their_preprocessing_labels_and_options(fixtu
     assert relabelled.vit_config.labels is None
 
 
+def test_what_a_named_entry_states_is_neither_overridden_nor_warned_about(fixtures_dir, tmp_path, monkeypatch, caplog):
+    """An entry's epsilon other than its format's (as timm's CLIP fine-tunes state 1e-5) is
+    the model's, by `weights=` and by `load_weights`, with no warning that it differs."""
+    monkeypatch.setattr(named, "weights_cache_dir", lambda: str(tmp_path / "cache"))
+    url = (fixtures_dir / "timm_vit/i32_p4_deit3/model.safetensors").resolve().as_uri()
+    entry = named.NamedWeights(url, "timm", 10, 32, "tiny DeiT-3", {"layer_norm_epsilon": 1e-5}, keras_vit.Preprocessing(), None)
+    monkeypatch.setitem(named.PRETRAINED_WEIGHTS, None, {"tiny_deit3": entry})
+    with caplog.at_level("WARNING", logger="keras_vit.weights"):
+        model = keras_vit.VisionTransformer(weights="tiny_deit3", **BASE)
+        keras_vit.load_weights(model, "tiny_deit3")
+    assert model.vit_config.layer_norm_epsilon == 1e-5
+    assert not [r for r in caplog.records if "epsilon" in r.getMessage()], caplog.text
+    with caplog.at_level("WARNING", logger="keras_vit.weights"):  # the file itself: timm's rule, 1e-6
+        keras_vit.load_weights(model, str(fixtures_dir / "timm_vit/i32_p4_deit3/model.safetensors"))
+    assert any("epsilon is 1e-05, the checkpoint's source uses 1e-06" in r.getMessage() for r in caplog.records)
+
+
 # ----------------------------------------------------------------------------- every family end to end
 
 

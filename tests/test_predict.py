@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -244,3 +245,24 @@ def test_keras_vit_predict_command_prints_only_results_on_stdout(exported_run, i
     rows = list(csv.reader(io.StringIO(result.stdout)))
     assert rows[0] == ["file", "rank", "class_id", "name", "probability"] and len(rows) == 1 + 2 * len(readable)
     assert f"skipped: Cannot read {folder / 'broken.png'}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_one_path_given_as_a_string_is_named_whole(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(predict.PredictError, match=re.escape(f"no images found in {tmp_path / 'empty'}.")):
+        predict.images_to_process(str(tmp_path / "empty"))
+
+
+def test_a_model_without_labels_is_shown_and_exported_under_the_same_names(tmp_path):
+    """predict and export name the outputs of a label-less model alike: ImageNet-1k's for
+    1000 classes, `class_i` for a size no label set has."""
+    from conftest import tiny_vit
+
+    from keras_vit.export.source import ExportSource
+
+    for num_classes, first in ((1000, "tench"), (7, "class_0")):
+        model = tiny_vit(num_classes=num_classes)
+        assert model.vit_config.labels is None
+        shown = predict.load_predictor(model).class_names
+        exported = ExportSource(model_path=tmp_path / "model.keras", model=model).class_names
+        assert shown == exported and len(shown) == num_classes and shown[0] == first

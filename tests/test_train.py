@@ -108,19 +108,23 @@ def test_cli_with_config_file_and_finished_run_protection(tmp_path, capsys):
     run = tmp_path / "run"
     config_file = tmp_path / "run.yaml"
     config_file.write_text(
-        "epochs: 1\nsteps_per_epoch: 3\nbatch_size: 16\njit_compile: false\nverbose: 0\n"
+        "epochs: 1\nsteps_per_epoch: 3\nbatch_size: 16\nverbose: 0\n"
         "image_size: 8\nmodel_options: {hidden_dim: 16, num_layers: 1, num_heads: 2, mlp_dim: 32}\n"
     )
     assert cli.main(["--config", str(config_file), "--out", str(run), "--learning-rate", "0.001"]) == 0
     options = json.loads((run / "config.json").read_text())["options"]
     assert options["batch_size"] == 16 and options["learning_rate"] == 0.001
     assert options["model_options"]["patch_size"] == 4  # the small default, refined by the file
+    assert options["jit_compile"] is None  # auto: on TensorFlow, no XLA
     assert json.loads((run / "config.json").read_text())["jit_compile_used"] is False
-    # The resolved config.yaml trains the same run again.
     stamp = (run / "model.keras").stat().st_mtime_ns
     assert cli.main(["--config", str(config_file), "--out", str(run)]) == 2
     assert "already holds a finished run" in capsys.readouterr().err
     assert (run / "model.keras").stat().st_mtime_ns == stamp  # nothing overwritten
+    # The run's own config.yaml trains the same run again.
+    again = tmp_path / "again"
+    assert cli.main(["--config", str(run / "config.yaml"), "--out", str(again)]) == 0
+    assert json.loads((again / "config.json").read_text())["options"] == {**options, "out": str(again)}
     assert cli.main(["--config", str(config_file), "--out", str(run), "--overwrite"]) == 0
     assert (run / "model.keras").stat().st_mtime_ns != stamp
 
@@ -221,3 +225,19 @@ def test_fine_tuning_starts_from_the_checkpoint(tmp_path, fixtures_dir):
     assert config["model_config"]["mlp_activation"] == "gelu_tanh" and config["model_config"]["layer_norm_epsilon"] == 1e-6
     assert keras.saving.load_model(tmp_path / "run" / "model.keras").vit_config.mlp_activation == "gelu_tanh"
     assert result["metrics"]["model"] == "model.keras"
+
+
+def test_a_diverged_epoch_is_never_the_chosen_model(monkeypatch):
+    """A NaN validation loss beats nothing (NaN compares false with everything): the file
+    and metrics.json keep naming the same, lowest finite epoch."""
+    from keras_vit.training import train as train_module
+
+    nan = float("nan")
+    losses = [nan, 1.0, nan, 0.5, 0.7, nan]
+    saved = []
+    monkeypatch.setattr(train_module.run_folder, "save_model_atomic", lambda model, path: saved.append(epoch))
+    callback = train_module.SaveChosenModel("model.keras")
+    for epoch, loss in enumerate(losses):
+        callback.on_epoch_end(epoch, {"val_loss": loss})
+    assert saved == [0, 1, 3]  # the first epoch (nothing saved yet), then each new lowest
+    assert train_module.lowest_epoch(losses) == 3 and train_module.lowest_epoch([nan, nan]) == 0

@@ -139,5 +139,6 @@ def read_config_file(path):
         raise ValueError(f"Could not parse config file {str(path)!r}: {error}") from error
     if not isinstance(values, dict):
         raise ValueError(f"Config file {str(path)!r} must hold a mapping of options, got {type(values).__name__}.")
-    values.pop("model_config", None)  # the resolved model config written next to the options
-    return values
+    # A run folder's config.yaml / config.json: its options (next to them: the resolved model
+    # config, the XLA setting used, versions).
+    return values["options"] if isinstance(values.get("options"), dict) else values

@@ -17,6 +17,7 @@ the chief writes the run folder.
 """
 
 import json
+import math
 import pathlib
 import tempfile
 import time
@@ -84,10 +85,18 @@ class Throughput(keras.callbacks.Callback):
         return self.images_per_epoch * len(steady) / sum(steady) if steady else None
 
 
+def lowest_epoch(losses):
+    """The index of the lowest of `losses` (the first on a tie); a NaN loss (a diverged epoch)
+    is never the lowest, unless every one is NaN (then the first)."""
+    finite = [(loss, index) for index, loss in enumerate(losses) if not math.isnan(loss)]
+    return min(finite)[1] if finite else 0
+
+
 class SaveChosenModel(keras.callbacks.Callback):
     """Saves the run's model to `path` at the end of each epoch whose `monitor` (a loss: lower
     is better) beats every earlier epoch's (`best`, from an interrupted run, included), or
     of every epoch when `monitor` is None (no validation: the last epoch is the run's model).
+    A NaN loss beats nothing, and nothing but a NaN loses to it (see `lowest_epoch`).
 
     With an optimizer that keeps a moving average of the weights (`use_ema`), the average is
     swapped in while saving, so the file holds the weights that validation measured (see
@@ -101,7 +110,7 @@ class SaveChosenModel(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor is not None:
             value = (logs or {}).get(self.monitor)
-            if value is None or (self.best is not None and value >= self.best):
+            if value is None or (self.best is not None and (math.isnan(value) or value >= self.best)):
                 return
             self.best = value
         if not self.ema:
@@ -120,7 +129,7 @@ def _best_so_far(run_dir):
     """The best (lowest) validation loss of an interrupted run, so that a resumed run does
     not replace model.keras with a worse model."""
     history = run_folder.read_history(run_dir)
-    return min(history[MONITOR]) if history.get(MONITOR) else None
+    return history[MONITOR][lowest_epoch(history[MONITOR])] if history.get(MONITOR) else None
 
 
 def make_callbacks(config, run_dir, chief, resume, validated, throughput, user_callbacks=()):
@@ -266,15 +275,14 @@ def _build_model(config, facts, steps):
     )
     if warning := recipe.ema_too_slow(config.ema_momentum, total_steps):
         log(f"warning: {warning}")
-    jit_compile = recipe.jit_compile_for(config.jit_compile)
-    log(f"XLA for the whole training step: {jit_compile}"
-        + (" (auto)" if config.jit_compile is None else ""))
     model.compile(
         optimizer=optimizer,
         loss=recipe.make_loss(config.label_smoothing),
         metrics=["accuracy"],
-        jit_compile=jit_compile,
+        jit_compile=recipe.jit_compile_for(config.jit_compile),
     )
+    # What Keras made of it ("auto" resolved, or False where the model cannot be compiled).
+    log(f"XLA for the whole training step: {model.jit_compile}" + (" (auto)" if config.jit_compile is None else ""))
     return model
 
 
@@ -283,8 +291,7 @@ def _write_run_facts(config, run_dir, model, facts):
     resolved = {
         "options": config.to_dict(),
         "model_config": model.vit_config.to_dict(),
-        # What `jit_compile` (None: auto) became for this backend.
-        "jit_compile_used": recipe.jit_compile_for(config.jit_compile),
+        "jit_compile_used": model.jit_compile,  # what `jit_compile` (None: auto) became
         "resume_free": list(TrainConfig.RESUME_FREE),
         "keras_vit_version": keras_vit.__version__,
     }
@@ -324,7 +331,7 @@ def _finish(config, run_dir, data, strategy, throughput, fit_seconds, mode):
     if validation == "none":
         chosen, chosen_by = len(history.get("loss", [])) - 1, "the last epoch (no validation)"
     else:
-        chosen = history[MONITOR].index(min(history[MONITOR]))
+        chosen = lowest_epoch(history[MONITOR])
         chosen_by = f"lowest validation loss ({facts['validation']['description']})"
     metrics = {
         "model": MODEL_FILE,

@@ -79,6 +79,18 @@ def resolve_labels(labels, num_classes):
     return names
 
 
+def class_names_or_default(names, num_classes):
+    """A model's class names (`names`, e.g. `ViTConfig.class_names`) as strings; without them
+    the label set of `num_classes` classes (ImageNet-1k / 21k), else `class_0`, `class_1`, ...
+    The names a model's outputs are shown and exported with."""
+    if names:
+        return [str(name) for name in names]
+    try:
+        return resolve_labels(None, num_classes)
+    except ValueError:
+        return [f"class_{i}" for i in range(num_classes)]
+
+
 def decode_predictions(preds, top=5, labels=None):
     """The `top` best classes of each prediction, best first.
 

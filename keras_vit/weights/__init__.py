@@ -14,6 +14,7 @@ from keras_vit.weights.loader import (
     load_checkpoint,
     load_weights,
     model_variables,
+    read_weights,
 )
 from keras_vit.weights.named import (
     PRETRAINED_WEIGHTS,
@@ -40,6 +41,7 @@ __all__ = [
     "model_variables",
     "named_weights",
     "read_checkpoint",
+    "read_weights",
     "resolve_weights",
     "weights_cache_dir",
 ]

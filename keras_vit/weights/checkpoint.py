@@ -42,12 +42,15 @@ class Checkpoint:
         tensors: `{name: float32 array}`, names normalised (prefix stripped, flax linen
             names renamed to the released ones) so that `mapping.MAPPINGS[format]` applies.
         hf_config: the Hugging Face `config.json`, for `"hf"` checkpoints that have one.
+        published_options: what the publisher of named weights says the tensors do not show
+            (`NamedWeights.options`); it overrides the source's rules in `numerics`.
     """
 
     path: str
     format: str
     tensors: dict
     hf_config: dict | None = None
+    published_options: dict | None = None
 
     @property
     def description(self):
@@ -55,12 +58,13 @@ class Checkpoint:
 
     @property
     def numerics(self):
-        """`mlp_activation`, `layer_norm_epsilon` and `resize_method` of the source."""
+        """`mlp_activation`, `layer_norm_epsilon` and `resize_method` of the source, and the
+        `published_options` (e.g. `layer_scale_init`) over them."""
         numerics = dict(SOURCE_NUMERICS[self.format])
         if self.hf_config is not None:
             numerics["mlp_activation"] = _HF_ACTIVATIONS[self.hf_config.get("hidden_act", "gelu")]
             numerics["layer_norm_epsilon"] = float(self.hf_config.get("layer_norm_eps", 1e-12))
-        return numerics
+        return {**numerics, **(self.published_options or {})}
 
     def source_keys(self, target):
         """The checkpoint tensors a mapping target is made from (`[]` when the format has none)."""

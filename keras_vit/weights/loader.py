@@ -17,7 +17,7 @@ from keras_vit.resize import resize_position_embedding
 from keras_vit.weights.checkpoint import read_checkpoint
 from keras_vit.weights.errors import CheckpointError
 from keras_vit.weights.mapping import IGNORED_KEYS, MAPPINGS, TRANSFORMS
-from keras_vit.weights.named import match_variant, resolve_weights
+from keras_vit.weights.named import match_variant, named_weights, resolve_weights
 
 logger = logging.getLogger("keras_vit.weights")
 
@@ -313,11 +313,22 @@ def load_weights(model, weights, *, resize_method=None, source_grid_size=None):
     """
     config = config_of(model)
     variant = match_variant(config.hidden_dim, config.num_layers, config.num_heads, config.mlp_dim, config.patch_size)
-    checkpoint = read_checkpoint(resolve_weights(weights, variant))
+    checkpoint, _ = read_weights(weights, variant)
     return load_checkpoint(model, checkpoint, resize_method=resize_method, source_grid_size=source_grid_size)
 
 
-def config_for_checkpoint(config, checkpoint, explicit=(), decided=None):
+def read_weights(weights, variant):
+    """(the `Checkpoint` that `weights` (a name of `variant`'s named weights, a path or a URL)
+    stands for, the `NamedWeights` entry or None). A named entry's options are the
+    checkpoint's `published_options`."""
+    entry = named_weights(weights, variant)
+    checkpoint = read_checkpoint(resolve_weights(weights, variant))
+    if entry is not None:
+        checkpoint.published_options = dict(entry.options)
+    return checkpoint, entry
+
+
+def config_for_checkpoint(config, checkpoint, explicit=()):
     """`config` with the options that `checkpoint` decides, except those in `explicit`.
 
     A checkpoint decides what its tensors show: `num_classes` (its classifier, with
@@ -326,8 +337,8 @@ def config_for_checkpoint(config, checkpoint, explicit=(), decided=None):
     `layer_scale_init` (LayerScale or None), `pre_norm`, `patch_bias`, and its pooling head
     (`pooling` "map" with an attention pool, "gap" + `fc_norm` with a norm after pooling,
     else "token" with a class token and "gap" without); and, by its source's rules,
-    `mlp_activation` and `layer_norm_epsilon`. `decided` (e.g. a named-weights entry's
-    options) overrides the source's rules. Its architecture (width, depth, heads, MLP,
+    `mlp_activation` and `layer_norm_epsilon` (`Checkpoint.numerics`, with what named weights'
+    publisher says). Its architecture (width, depth, heads, MLP,
     patch) must be the config's; the image size may differ.
 
     Raises:
@@ -341,7 +352,6 @@ def config_for_checkpoint(config, checkpoint, explicit=(), decided=None):
         raise _mismatch_error(checkpoint, f"a {variant or 'ViT'} with this config", mismatches)
     rules = {key: value for key, value in checkpoint.numerics.items() if key in SOURCE_DECIDED_FIELDS}
     rules["position_resize_method"] = checkpoint.numerics["resize_method"]  # for a dynamic image size
-    rules.update(decided or {})
     family = checkpoint.family_options
     layer_scale_init = rules.pop("layer_scale_init", None) or config.layer_scale_init or DEFAULT_LAYER_SCALE_INIT
     shown = dict(
