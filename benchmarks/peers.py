@@ -33,14 +33,19 @@ def keras_hub_model(size, image_size, patch_size, num_classes=1000):
 PEERS = {"keras_vit": keras_vit_model, "keras-hub": keras_hub_model}
 
 # The training-step benchmark: a ViT-Ti-shaped model at 32x32, patch 4, batch 64, AdamW.
+# Keras' AdamW default weight decay, which the peers' optimizer uses (as of Keras 3.15).
+KERAS_ADAMW_DECAY = 0.004
 TRAINING_STEP = {"size": "Ti", "image_size": 32, "patch_size": 4, "num_classes": 10, "batch": 64}
 
 
-def training_step(peer, jit_compile=False, optimizer_name="adamw"):
+def training_step(peer, jit_compile=False, optimizer_name="adamw", recipe_optimizer=False):
     """(model compiled with AdamW and the loss, images, labels) for `peer`'s training step.
 
     Images [64, 32, 32, 3] uniform in [-1, 1] (seed 0), labels seed 1; timm_peer.py makes
-    the same batch in PyTorch.
+    the same batch in PyTorch. The optimizer is Keras' AdamW at 1e-3 (its defaults otherwise);
+    with `recipe_optimizer` (keras_vit only), the same hyperparameters through the optimizer
+    `keras-vit train` builds (`recipe.make_optimizer`: biases, norms and tokens not decayed,
+    fused update kernels), without its gradient clipping and weight average.
     """
     import numpy as np
 
@@ -49,8 +54,15 @@ def training_step(peer, jit_compile=False, optimizer_name="adamw"):
     images = np.random.RandomState(0).uniform(-1, 1, shape).astype("float32")
     labels = np.random.RandomState(1).randint(0, step["num_classes"], step["batch"])
     model = PEERS[peer](step["size"], step["image_size"], step["patch_size"], num_classes=step["num_classes"])
+    if recipe_optimizer:
+        from keras_vit.training import recipe
+
+        optimizer = recipe.make_optimizer(model, learning_rate=1e-3, weight_decay=KERAS_ADAMW_DECAY, clipnorm=None)
+        optimizer.name = optimizer_name  # the name scope profile_step.py looks for
+    else:
+        optimizer = keras.optimizers.AdamW(1e-3, name=optimizer_name)
     model.compile(
-        optimizer=keras.optimizers.AdamW(1e-3, name=optimizer_name),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=jit_compile,
     )

@@ -4,7 +4,8 @@
     python benchmarks/profile_step.py --peer keras_vit # one peer, JSON (what `table` runs)
 
 The step is `benchmarks/run.py`'s: a ViT-Ti-shaped model at 32x32, patch 4, batch 64, AdamW,
-no XLA. Each peer runs in its own process with one inter-op thread, so TensorFlow runs one
+no XLA; keras_vit's is its default path (the optimizer `keras-vit train` builds). Each peer
+runs in its own process with one inter-op thread, so TensorFlow runs one
 op at a time and the op times add up to the step. (With the default threads independent
 ops overlap: the step is faster, as in run.py's table, but per-op times then count the
 overlap twice.) Op types are grouped; oneDNN's names count as the op they implement
@@ -67,7 +68,8 @@ def profile_peer(peer, steps):
     import peers
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    model, images, labels = peers.training_step(peer, jit_compile=False, optimizer_name=OPTIMIZER_NAME)
+    model, images, labels = peers.training_step(
+        peer, jit_compile=False, optimizer_name=OPTIMIZER_NAME, recipe_optimizer=peer == "keras_vit")
     for _ in range(3):
         model.train_on_batch(images, labels)
     start = time.perf_counter()

@@ -292,7 +292,8 @@ def training_table(variants, rounds, timm=None, timm_compiled=True):
         keras.mixed_precision.set_global_policy(policy)
         steps = {(name, jit): peers.training_step(name, jit_compile=jit) for jit in jits for name in peers.PEERS}
         if policy == "float32":  # what `keras-vit train` runs unless told (jit_compile auto)
-            steps[(DEFAULT_PATH, recipe.jit_compile_for(None))] = peers.training_step("keras_vit", jit_compile=recipe.jit_compile_for(None))
+            steps[(DEFAULT_PATH, recipe.jit_compile_for(None))] = peers.training_step(
+                "keras_vit", jit_compile=recipe.jit_compile_for(None), recipe_optimizer=True)
         functions = {key: lambda m=model, x=images, y=labels: m.train_on_batch(x, y) for key, (model, images, labels) in steps.items()}
         if timm and policy == "float32":
             keras_vit_parameters = steps[("keras_vit", jits[0])][0].count_params()
@@ -396,7 +397,8 @@ def main(argv=None):
             "### Training step, ViT-Ti shape at 32x32, patch 4, batch 64, AdamW",
             f"Every row's ratio is to keras-hub's best path of its precision (XLA or not, whichever is faster); "
             f"`{DEFAULT_PATH}` is what `keras-vit train` runs unless told (`jit_compile` auto: "
-            f"XLA={recipe.jit_compile_for(None)} on TensorFlow).",
+            f"XLA={recipe.jit_compile_for(None)} on TensorFlow; its optimizer, `recipe.make_optimizer`, with the "
+            "other rows' AdamW hyperparameters and without gradient clipping or weight average).",
             report.markdown_table(training, training_columns),
             "### Training step op by op (float32, no XLA)",
             "Made by `benchmarks/profile_step.py`: one step profiled with TensorFlow's profiler, each peer in its own "

@@ -39,7 +39,7 @@ CHECKED_KERAS_VERSIONS = ("3.15.",)
 _applied = False
 
 
-def _keras_version_checked():
+def keras_version_checked():
     return keras.__version__.startswith(CHECKED_KERAS_VERSIONS)
 
 
@@ -48,7 +48,7 @@ def patch_keras_for_multi_worker():
     global _applied
     if _applied:
         return True
-    if not _keras_version_checked():
+    if not keras_version_checked():
         warnings.warn(
             f"keras_vit.training.compat: multi-worker fixes for keras-team/keras#20585 were checked "
             f"with Keras {CHECKED_KERAS_VERSIONS}, not {keras.__version__}; not applied.",
@@ -101,7 +101,7 @@ def clip_after_cross_replica_sum(optimizer):
     on one device). Returns `optimizer`; unchanged without global clipping, with another
     backend, or with an unchecked Keras version (then Keras clips per replica, as usual)."""
     clipnorm = optimizer.global_clipnorm
-    if not clipnorm or keras.backend.backend() != "tensorflow" or not _keras_version_checked():
+    if not clipnorm or keras.backend.backend() != "tensorflow" or not keras_version_checked():
         return optimizer
     import tensorflow as tf
 
