@@ -14,7 +14,9 @@ train, validation and test, with their sizes and where each comes from. Three so
 Validation never uses the test split unless asked (`validate_on_test=True`): a dataset with
 a validation split (and a separate test split) uses it; otherwise a stratified, seeded share
 of the training split (`validation_fraction`) is held out, and the facts list it
-(`validation_indices` or `validation_files`). The test split is for the final figure only.
+(`validation_indices` or `validation_files`). The test split is for the final figure only:
+a TFDS dataset's labelled "test" split, else its "validation" split, else a held-out share
+of "train" (`test_indices`), as for an image folder without a test sub-folder.
 
 `raw_split(facts, split)` streams (uint8 image [h, w, 3], int64 label) in a fixed order;
 `load_images(facts, split, image_size, preprocessing)` returns a whole split resized for a
@@ -50,7 +52,8 @@ def resolve_dataset(
     """The facts of `dataset` ("digits", a TFDS name, "tfds:NAME", "folder:PATH" or a directory).
 
     Args:
-        test_fraction: the test share of an image folder that has no test sub-folder.
+        test_fraction: the test share of the training examples of an image folder that has no
+            test sub-folder, or of a TFDS dataset that has no labelled test or validation split.
         validation_fraction: the share of the training split held out for validation when
             the dataset has no validation split of its own; 0 for no validation.
         validate_on_test: validate on the test split (the test figure is then optimistic;
@@ -68,7 +71,7 @@ def resolve_dataset(
     elif dataset.startswith("folder:") or os.path.isdir(os.path.expanduser(dataset)):
         facts, train_labels = _folder_facts(dataset.removeprefix("folder:"), test_fraction, seed, verify_images)
     else:
-        facts, train_labels = _tfds_facts(dataset.removeprefix("tfds:"), data_dir)
+        facts, train_labels = _tfds_facts(dataset.removeprefix("tfds:"), data_dir, test_fraction, seed)
     facts["num_classes"] = len(facts["class_names"])
     facts["seed"] = seed
     _choose_validation(facts, train_labels, validation_fraction, validate_on_test, seed)
@@ -102,8 +105,9 @@ def _choose_validation(facts, train_labels, fraction, validate_on_test, seed):
             keep[held_out] = False
             facts["validation_files"] = [pair for pair, k in zip(facts["train_files"], keep) if not k]
             facts["train_files"] = [pair for pair, k in zip(facts["train_files"], keep) if k]
-        else:
-            facts["validation_indices"] = [int(i) for i in held_out]
+        else:  # positions in the source's training split, of which a test share may be held out
+            source_positions = np.delete(np.arange(len(train_labels) + len(facts.get("test_indices", []))), facts.get("test_indices", []))
+            facts["validation_indices"] = [int(i) for i in source_positions[held_out]]
         facts["num_train"] -= len(held_out)
         facts["num_validation"] = len(held_out)
     else:
@@ -188,7 +192,7 @@ def _tfds_split_names(builder):
     return list(builder.info.splits.keys())
 
 
-def _tfds_facts(name, data_dir):
+def _tfds_facts(name, data_dir, test_fraction, seed):
     tfds = _tfds_module()
     known = tfds.list_builders()
     base = name.split(":")[0].split("/")[0]
@@ -209,9 +213,6 @@ def _tfds_facts(name, data_dir):
     class_names = list(label.names) if label is not None and hasattr(label, "names") else []
     if not class_names:
         raise ValueError(f"TFDS dataset {name!r} has no class label feature; it cannot train a classifier.")
-    # A dataset with test and validation splits validates on the latter; one with only a
-    # validation split (ImageNet) reports on it, and validation is held out from train.
-    test_split = "test" if "test" in splits or "validation" not in splits else "validation"
     image_shape = info.features["image"].shape if "image" in info.features else None
     facts = {
         "source": "tfds",
@@ -219,18 +220,37 @@ def _tfds_facts(name, data_dir):
         "class_names": class_names,
         "data_dir": data_dir,
         "train_split": "train",
-        "validation_split": "validation" if test_split == "test" and "validation" in splits else None,
-        "test_split": test_split,
         "original_image_size": list(image_shape[:2]) if image_shape and None not in image_shape[:2] else None,
     }
-    for key, split_name in (("num_train", "train"), ("num_test", test_split), ("num_validation", facts["validation_split"])):
+    # Report on the labelled "test" split, else on "validation" (ImageNet: its "test" split
+    # has no labels), else on a held-out share of "train". A dataset with both validates on
+    # "validation"; the others hold a validation share out of "train" (`_choose_validation`).
+    labelled = [s for s in ("test", "validation") if s in splits and _tfds_labelled(facts, s)]
+    facts["test_split"] = labelled[0] if labelled else None
+    facts["validation_split"] = "validation" if labelled == ["test", "validation"] else None
+    for key, split_name in (("num_train", "train"), ("num_test", facts["test_split"]), ("num_validation", facts["validation_split"])):
         if split_name is None:
             continue
         if split_name in info.splits:
             facts[key] = int(info.splits[split_name].num_examples)
         else:  # e.g. under tfds.testing.mock_data, which has no split metadata: count
             facts[key] = len(_tfds_labels(facts, split_name))
-    return facts, lambda: _tfds_labels(facts, "train")
+    if facts["test_split"] is not None:
+        return facts, lambda: _tfds_labels(facts, "train")
+    train_labels = _tfds_labels(facts, "train")
+    test = held_out_indices(train_labels, test_fraction, seed)
+    if not 0 < len(test) < len(train_labels):
+        raise ValueError(f"TFDS dataset {name!r} has no labelled test split and too few training examples to hold one out.")
+    facts["test_split"] = f"a stratified {test_fraction:.0%} of the training split (seed {seed}): the dataset has no labelled test split"
+    facts["test_indices"] = [int(i) for i in test]
+    facts["num_train"], facts["num_test"] = len(train_labels) - len(test), len(test)
+    return facts, lambda: np.delete(train_labels, test)
+
+
+def _tfds_labelled(facts, split_name, sample=256):
+    """Whether a TFDS split has labels: ImageNet's "test" split, for one, has -1 throughout."""
+    first = _tfds_load(facts, split_name, decode_images=False).take(sample)
+    return any(0 <= int(y) < len(facts["class_names"]) for _, y in first.as_numpy_iterator())
 
 
 def _list_class_files(root):
@@ -335,23 +355,32 @@ def raw_split(facts, split):
         files = tf.constant([f for f, _ in pairs], tf.string)
         labels = tf.constant([y for _, y in pairs], tf.int64)
         return tf.data.Dataset.from_tensor_slices((files, labels)).map(_decode_file, num_parallel_calls=tf.data.AUTOTUNE)
-    if split == "test" or (split == "validation" and validation == "split"):
+    if split == "validation" and validation == "split" or split == "test" and "test_indices" not in facts:
         if source == "digits":
             return tf.data.Dataset.from_tensor_slices(_digits_arrays("test"))
         return _tfds_rgb(_tfds_load(facts, facts[f"{split}_split"]))
-    # The training split, with or without the held-out validation examples.
-    stream = tf.data.Dataset.from_tensor_slices(_digits_arrays("train")) if source == "digits" else _tfds_rgb(_tfds_load(facts, facts["train_split"]))
-    if validation != "held_out":
-        return stream
-    size = facts["num_train"] + facts["num_validation"]
-    in_validation = np.zeros(size, bool)
-    in_validation[facts["validation_indices"]] = True
-    keep = in_validation if split == "validation" else ~in_validation
-    both = tf.data.Dataset.zip((stream, tf.data.Dataset.from_tensor_slices(keep)))
-    kept = both.filter(lambda example, kept: kept)
-    kept = kept.map(lambda example, kept: example)
+    # The rest are parts of the source's training split: `split`'s positions in it, or for
+    # "train" every position not held out (for validation, or as the test split).
+    held_out = {name: facts.get(f"{name}_indices", []) for name in ("validation", "test")}
+    if split == "train" and not any(held_out.values()):
+        return tf.data.Dataset.from_tensor_slices(_digits_arrays("train")) if source == "digits" else _tfds_rgb(_tfds_load(facts, facts["train_split"]))
+    keep = np.zeros(facts["num_train"] + sum(len(i) for i in held_out.values()), bool)
+    if split == "train":
+        keep[:] = True
+        keep[held_out["validation"] + held_out["test"]] = False
+    else:
+        keep[held_out[split]] = True
+    if source == "digits":
+        images, labels = _digits_arrays("train")
+        return tf.data.Dataset.from_tensor_slices((images[keep], labels[keep]))
+    # Filtered before decoding: only the kept images are decoded (ImageNet's held-out
+    # validation is 10% of "train"; decoding all of it for each evaluation would be 10x).
+    encoded = tf.data.Dataset.zip((_tfds_load(facts, facts["train_split"], decode_images=False), tf.data.Dataset.from_tensor_slices(keep)))
+    encoded = encoded.filter(lambda example, kept: kept).map(lambda example, kept: example)
     # A filter hides the size; Keras needs it to end an evaluation without a warning.
-    return kept.apply(tf.data.experimental.assert_cardinality(int(keep.sum())))
+    encoded = encoded.apply(tf.data.experimental.assert_cardinality(int(keep.sum())))
+    image_feature = _tfds_module().builder(facts["name"], data_dir=facts.get("data_dir")).info.features["image"]
+    return _tfds_rgb(encoded.map(lambda image, label: (image_feature.decode_example(image), label), num_parallel_calls=tf.data.AUTOTUNE))
 
 
 def _decode_file(path, label):

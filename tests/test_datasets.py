@@ -39,7 +39,8 @@ def test_digits_hold_out_a_stratified_seeded_validation_share_of_train():
     _, labels = datasets.load_images(facts, "train", size)
     np.testing.assert_array_equal(val_labels, train_labels[held_out])
     np.testing.assert_array_equal(labels, train_labels[kept])
-    np.testing.assert_array_equal(val_images, datasets.load_images({**facts, "validation": {"source": "none"}}, "train", size)[0][held_out])
+    whole_train = datasets.load_images(datasets.resolve_dataset("digits", validation_fraction=0), "train", size)[0]
+    np.testing.assert_array_equal(val_images, whole_train[held_out])
     # Seeded: the same split again, another with another seed.
     assert datasets.resolve_dataset("digits")["validation_indices"] == facts["validation_indices"]
     assert datasets.resolve_dataset("digits", seed=1)["validation_indices"] != facts["validation_indices"]
@@ -99,6 +100,8 @@ def test_image_folder_with_split_subfolders(tmp_path):
 def test_tfds_with_mock_data(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
+    # mock_data records no split names: say which splits each dataset has.
+    monkeypatch.setattr(datasets, "_tfds_split_names", lambda builder: ["train", "test"])
     with tfds.testing.mock_data(num_examples=20):
         facts = datasets.resolve_dataset("cifar10", data_dir=str(tmp_path))
         assert facts["source"] == "tfds" and facts["num_classes"] == len(facts["class_names"]) == 10
@@ -106,11 +109,67 @@ def test_tfds_with_mock_data(tmp_path, monkeypatch):
         assert facts["num_train"] + facts["num_validation"] == 20 and facts["num_validation"] == 2
         images, labels = datasets.load_images(facts, "validation", (16, 16))
         assert images.shape == (2, 16, 16, 3) and labels.shape == (2,)
-        # A dataset with its own validation split uses it (mock_data records no split names).
+        # A dataset with its own validation split uses it.
         monkeypatch.setattr(datasets, "_tfds_split_names", lambda builder: ["train", "validation", "test"])
         flowers = datasets.resolve_dataset("oxford_flowers102", data_dir=str(tmp_path))
         assert flowers["validation"]["source"] == "split" and flowers["validation_split"] == "validation"
         assert flowers["test_split"] == "test" and flowers["num_validation"] == 20
+
+
+def _whole_train_split(facts):
+    """The source's whole training split, decoded by tfds.load: (images, labels) arrays."""
+    pairs = list(datasets._tfds_rgb(datasets._tfds_load(facts, "train")).as_numpy_iterator())
+    return np.stack([x for x, _ in pairs]), np.asarray([y for _, y in pairs])
+
+
+def test_tfds_without_a_test_split_holds_test_and_validation_out_of_train(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(datasets, "_tfds_split_names", lambda builder: ["train"])  # as tf_flowers
+    loads = []
+    original_load = datasets._tfds_load
+
+    def spy(facts, split, decode_images=True):
+        loads.append(decode_images)
+        return original_load(facts, split, decode_images)
+
+    monkeypatch.setattr(datasets, "_tfds_load", spy)
+    with tfds.testing.mock_data(num_examples=40):
+        facts = datasets.resolve_dataset("cifar10", data_dir=str(tmp_path), test_fraction=0.25, validation_fraction=0.2)
+        assert facts["test_split"].startswith("a stratified 25% of the training split")
+        assert (facts["num_train"], facts["num_validation"], facts["num_test"]) == (24, 6, 10)
+        test, validation = set(facts["test_indices"]), set(facts["validation_indices"])
+        assert len(test) == 10 and len(validation) == 6 and not test & validation and max(test | validation) < 40
+        all_images, all_labels = _whole_train_split(facts)
+        train = sorted(set(range(40)) - test - validation)
+        for split, positions in (("train", train), ("validation", sorted(validation)), ("test", sorted(test))):
+            loads.clear()
+            stream = list(datasets.raw_split(facts, split).as_numpy_iterator())
+            assert loads == [False]  # filtered on the encoded images, then decoded
+            np.testing.assert_array_equal(np.stack([x for x, _ in stream]), all_images[positions])
+            np.testing.assert_array_equal([y for _, y in stream], all_labels[positions])
+        assert json.loads(json.dumps(facts)) == facts
+
+
+def test_tfds_test_split_without_labels_is_not_the_test_split(tmp_path, monkeypatch):
+    """ImageNet's TFDS "test" split has the label -1 throughout: report on "validation"."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(datasets, "_tfds_split_names", lambda builder: ["train", "validation", "test"])
+    original_load = datasets._tfds_load
+
+    def unlabelled_test(facts, split, decode_images=True):
+        stream = original_load(facts, split, decode_images)
+        return stream.map(lambda x, y: (x, tf.constant(-1, tf.int64))) if split == "test" else stream
+
+    monkeypatch.setattr(datasets, "_tfds_load", unlabelled_test)
+    with tfds.testing.mock_data(num_examples=20):
+        facts = datasets.resolve_dataset("cifar10", data_dir=str(tmp_path))
+        assert facts["test_split"] == "validation" and facts["validation_split"] is None
+        assert facts["validation"]["source"] == "held_out" and facts["num_test"] == 20
+        _, labels = datasets.load_images(facts, "test", (8, 8))
+        assert ((labels >= 0) & (labels < 10)).all()
 
 
 def test_unknown_dataset_name():

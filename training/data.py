@@ -21,7 +21,7 @@ from keras_vit import datasets
 from keras_vit.preprocessing import Preprocessing, preprocess_input, resize_for_model, resize_uint8
 
 AUTOTUNE = tf.data.AUTOTUNE
-CACHE_LIMIT_BYTES = 2 * 1024**3  # resized uint8 training images are cached in memory below this
+CACHE_LIMIT_BYTES = 2 * 1024**3  # resized uint8 images of all splits are cached in memory below this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +152,8 @@ def load_data(
         test_fraction, validation_fraction, validate_on_test: see
             `keras_vit.datasets.resolve_dataset`.
         eval_batch_size: batch size for validation and test (default `batch_size`).
-        cache: cache resized images in memory; None decides by size (< 2 GiB).
+        cache: cache the resized images of every split in memory; None decides by their
+            size (< `CACHE_LIMIT_BYTES` in all).
         facts: already-resolved facts (skips `resolve_dataset`).
 
     Returns: a `Data` (train, validation, test, facts).
@@ -165,17 +166,24 @@ def load_data(
             dataset, data_dir, test_fraction, validation_fraction, validate_on_test, seed, verify_images
         )
     check_batch_size(facts, batch_size)
-    if cache is None:
-        cache = facts["num_train"] * image_size[0] * image_size[1] * 3 < CACHE_LIMIT_BYTES
+    validation_source = facts["validation"]["source"]
+    if cache is None:  # images and int labels; the validation split, when it is the test split, once
+        examples = facts["num_train"] + facts["num_test"] + (facts["num_validation"] if validation_source in ("split", "held_out") else 0)
+        cache = examples * (image_size[0] * image_size[1] * 3 + 8) < CACHE_LIMIT_BYTES
     evaluate = lambda split: _evaluation_pipeline(facts, split, image_size, preprocessing, eval_batch_size or batch_size, cache)  # noqa: E731
-    validation = None if facts["validation"]["source"] == "none" else evaluate("validation")
+    test = evaluate("test")
+    # validate_on_test: the test pipeline itself (one pipeline and one cache, not two).
+    if validation_source in ("none", "test"):
+        validation = None if validation_source == "none" else test
+    else:
+        validation = evaluate("validation")
     train = _training_pipeline(facts, image_size, batch_size, augmentation, preprocessing, seed, cache)
     options = tf.data.Options()  # multi-worker: shard by data (sources are not file lists)
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return Data(
         train=train.with_options(options),
         validation=None if validation is None else validation.with_options(options),
-        test=evaluate("test").with_options(options),
+        test=test.with_options(options),
         facts=facts,
     )
 
@@ -190,6 +198,8 @@ def check_batch_size(facts, batch_size):
 
 
 def _one_hot(num_classes):
+    """Labels [B] -> one-hot [B, K] float32. After batching and caching: a cached one-hot
+    label would weigh 4 K bytes per example (87 KB at ImageNet-21k's K), more than the image."""
     return lambda x, y: (x, tf.one_hot(y, num_classes, dtype=tf.float32))
 
 
@@ -198,13 +208,13 @@ def _normaliser(preprocessing):
 
 
 def _evaluation_pipeline(facts, split, image_size, preprocessing, batch_size, cache):
-    """A split, resized as `keras_vit.preprocessing.resize_for_model`, one-hot, batched."""
+    """A split, resized as `keras_vit.preprocessing.resize_for_model`, batched, one-hot."""
     stream = datasets.raw_split(facts, split).map(
         lambda x, y: (resize_for_model(x, image_size, preprocessing), y), num_parallel_calls=AUTOTUNE
     )
-    stream = stream.map(_one_hot(facts["num_classes"]), num_parallel_calls=AUTOTUNE)
     stream = stream.cache() if cache else stream
-    return stream.batch(batch_size).map(_normaliser(preprocessing), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    stream = stream.batch(batch_size).map(_one_hot(facts["num_classes"]), num_parallel_calls=AUTOTUNE)
+    return stream.map(_normaliser(preprocessing), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
 def _training_pipeline(facts, image_size, batch_size, augmentation, preprocessing, seed, cache):
@@ -212,7 +222,6 @@ def _training_pipeline(facts, image_size, batch_size, augmentation, preprocessin
     stream = datasets.raw_split(facts, "train").map(
         lambda x, y: (resize_uint8(x, image_size, preprocessing.interpolation), y), num_parallel_calls=AUTOTUNE
     )
-    stream = stream.map(_one_hot(facts["num_classes"]), num_parallel_calls=AUTOTUNE)
     stream = stream.cache() if cache else stream
     stream = stream.shuffle(min(facts["num_train"], 50_000), seed=seed, reshuffle_each_iteration=True)
 
@@ -225,7 +234,7 @@ def _training_pipeline(facts, image_size, batch_size, augmentation, preprocessin
 
     if augmentation.random_crop or augmentation.flip:
         stream = stream.map(augment_one, num_parallel_calls=AUTOTUNE)
-    stream = stream.batch(batch_size, drop_remainder=True)
+    stream = stream.batch(batch_size, drop_remainder=True).map(_one_hot(facts["num_classes"]), num_parallel_calls=AUTOTUNE)
     batch_augmenter = _batch_augmenter(augmentation, seed)
     if batch_augmenter is not None:
         stream = stream.map(batch_augmenter, num_parallel_calls=AUTOTUNE)
