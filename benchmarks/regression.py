@@ -9,9 +9,9 @@ starts one child process per side, in alternating order (base first in odd round
 child builds the same plain ViT models with its side's code and times the same paths:
 ViT-Ti/16 and ViT-B/16 inference at 224 (tf.function, and Ti with XLA) and the training step
 of `peers.TRAINING_STEP` (train_on_batch, without and with XLA). The figure is the time ratio
-working tree / base per round (median and IQR over rounds). Only the model library is used
-from each side (`keras_vit.VisionTransformer`, `keras_vit.config.MODEL_SIZES`), so any commit
-with those two names can be the base. Writes the "regression" section of docs/benchmarks.md.
+working tree / base per round (median and IQR over rounds). The models are `peers.py`'s, built
+by each side's model library (`keras_vit.VisionTransformer`, `keras_vit.config.MODEL_SIZES`),
+so any commit with those two names can be the base. Writes the "regression" section of docs/benchmarks.md.
 """
 
 import argparse
@@ -49,31 +49,25 @@ def child(path_names):
     prints {"keras_vit": its file, "times": {path: [seconds]}, "parameters": {path: count}}."""
     import keras
     import numpy as np
+    import peers  # builds the models with whichever keras_vit is on the path
     import tensorflow as tf
 
     import keras_vit
-    from keras_vit.config import MODEL_SIZES
 
     times, parameters = {}, {}
     for name, size, image_size, patch, batch, kind, xla in PATHS:
         if name not in path_names:
             continue
         keras.utils.set_random_seed(0)
-        classes = 1000 if kind == "inference" else 10
-        model = keras_vit.VisionTransformer(
-            image_size=image_size, patch_size=patch, num_classes=classes, **MODEL_SIZES[size]
-        )
-        images = np.random.RandomState(0).uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32")
         if kind == "inference":
+            model = peers.keras_vit_model(size, image_size, patch)
+            images = np.random.RandomState(0).uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32")
             forward = tf.function(lambda x, model=model: model(x, training=False), jit_compile=xla)
             run = lambda forward=forward, images=images: forward(images).numpy()  # noqa: E731
-        else:
-            labels = np.random.RandomState(1).randint(0, classes, batch)
-            model.compile(
-                optimizer=keras.optimizers.AdamW(1e-3),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                jit_compile=xla,
-            )
+        else:  # peers.TRAINING_STEP, with Keras' AdamW (a base commit may predate keras_vit's)
+            step = peers.TRAINING_STEP
+            assert (size, image_size, patch, batch) == (step["size"], step["image_size"], step["patch_size"], step["batch"]), name
+            model, images, labels = peers.training_step("keras_vit", jit_compile=xla)
             run = lambda model=model, images=images, labels=labels: model.train_on_batch(images, labels)  # noqa: E731
         for _ in range(3):
             run()
@@ -113,11 +107,12 @@ def run_child(code_root, path_names):
 def compare(samples):
     """{side: {path: [per-round medians]}} -> table rows of medians and per-round ratios."""
     import numpy as np
+    from report import round_ratios
 
     rows = []
     for name in samples["base"]:
-        base, head = np.asarray(samples["base"][name]), np.asarray(samples["head"][name])
-        q25, median, q75 = np.percentile(head / base, [25, 50, 75])
+        base, head = samples["base"][name], samples["head"][name]
+        median, (q25, q75) = round_ratios(head, base)
         rows.append({
             "path": name,
             "base ms": f"{np.median(base) * 1000:.1f}",

@@ -35,6 +35,20 @@ def machine_facts():
     }
 
 
+def round_ratios(values, reference):
+    """Per-round times of a path and of its reference (equal-length sequences) -> the median
+    and (q25, q75) of their round-by-round ratios.
+
+    Each round times both within seconds, so a slow spell of the (shared) host hits both
+    sides of a round's ratio; the ratio of overall medians would mix rounds.
+    """
+    import numpy as np
+
+    ratios = np.asarray(values, float) / np.asarray(reference, float)
+    q25, median, q75 = np.percentile(ratios, [25, 50, 75])
+    return float(median), (float(q25), float(q75))
+
+
 def facts_markdown(facts):
     return "\n".join(f"- {key}: {value}" for key, value in facts.items())
 

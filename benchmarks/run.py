@@ -53,14 +53,8 @@ def summarise(rounds):
 
 
 def paired_ratio(stats, reference):
-    """Time ratio to `reference`, round by round: (median, (q25, q75)) of the per-round ratios.
-
-    Each round times every path within seconds, so a slow spell of the (shared) host hits
-    both sides of a round's ratio; the ratio of overall medians would mix rounds.
-    """
-    ratios = np.asarray(stats["round_medians_ms"]) / np.asarray(reference["round_medians_ms"])
-    q25, median, q75 = np.percentile(ratios, [25, 50, 75])
-    return median, (q25, q75)
+    """Time ratio to `reference`, round by round (`report.round_ratios`): (median, (q25, q75))."""
+    return report.round_ratios(stats["round_medians_ms"], reference["round_medians_ms"])
 
 
 def ratio_cells(column, stats, reference):
