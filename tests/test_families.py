@@ -264,6 +264,32 @@ def test_registers_of_the_wrong_count_in_an_existing_model(fixtures_dir):
         np.testing.assert_array_equal(old, new)
 
 
+def test_building_from_a_checkpoint_and_loading_into_a_model_follow_one_rule(fixtures_dir):
+    """`VisionTransformer(weights=...)` refuses what `load_weights` refuses, and both accept
+    the same: a class token pooled where the checkpoint's fc_norm says mean pooling is refused
+    by both; a grid-only position embedding asked of a model without prefix tokens (the same
+    embedding either way) is accepted by both."""
+    mae = fixtures_dir / "timm_vit/i32_p4_mae_avg/model.safetensors"
+    token_pooled = dict(class_token=True, pooling="token", fc_norm=True)
+    with pytest.raises(CheckpointError, match="pooling='token' was passed, the checkpoint shows pooling='gap'"):
+        keras_vit.VisionTransformer(weights=str(mae), **BASE, **token_pooled)
+    model = keras_vit.VisionTransformer(num_classes=10, **BASE, **token_pooled)
+    before = _weights_of(model)
+    with pytest.raises(CheckpointError, match="the pooling head: the checkpoint shows pooling='gap', the model has pooling='token'"):
+        keras_vit.load_weights(model, mae)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+    siglip = fixtures_dir / "timm_vit/i32_p4_map/model.safetensors"  # no class token, no registers
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    built = keras_vit.VisionTransformer(weights=str(siglip), **BASE, embed_prefix_tokens=False)
+    default = keras_vit.VisionTransformer(weights=str(siglip), **BASE)
+    loaded = keras_vit.VisionTransformer(num_classes=10, **BASE, **FIXTURES["i32_p4_map"][0], embed_prefix_tokens=False)
+    keras_vit.load_weights(loaded, siglip)
+    for model in (built, loaded):
+        np.testing.assert_allclose(model.predict(images, verbose=0), default.predict(images, verbose=0), atol=1e-6)
+
+
 def test_inspect_checkpoint_says_what_would_be_built(fixtures_dir):
     found = inspect_checkpoint(fixtures_dir / "timm_vit/i32_p4_reg4_gap/model.safetensors")
     assert found["format"] == "timm" and found["grid"] == (8, 8) and found["num_classes"] == 10

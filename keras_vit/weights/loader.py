@@ -56,52 +56,34 @@ def _architecture_mismatches(model_arch, checkpoint_arch):
     ]
 
 
-def _family_of_config(config):
-    """A config's family options, in the terms of `Checkpoint.family_options`."""
-    return dict(
-        class_token=config.class_token,
-        distillation_token=config.distillation_token,
-        num_register_tokens=config.num_register_tokens,
-        layer_scale=config.layer_scale_init is not None,
-        pre_norm=config.pre_norm,
-        patch_bias=config.patch_bias,
-        embed_prefix_tokens=config.embed_prefix_tokens,
-        fc_norm=config.fc_norm,
-        map=config.pooling == "map",
-    )
-
-
-# What each family option is called in an error, and the config keyword that sets it.
-_FAMILY_WORDS = {
-    "class_token": ("class token", "class_token"),
-    "distillation_token": ("distillation token", "distillation_token"),
-    "num_register_tokens": ("register tokens", "num_register_tokens"),
-    "layer_scale": ("LayerScale", "layer_scale_init"),
-    "pre_norm": ("a LayerNorm after the embeddings", "pre_norm"),
-    "patch_bias": ("a patch-embedding bias", "patch_bias"),
-    "embed_prefix_tokens": ("position-embedding rows for the prefix tokens", "embed_prefix_tokens"),
-    "fc_norm": ("the norm after pooling (fc_norm)", "fc_norm"),
-    "map": ("an attention-pooling (MAP) head", "pooling='map'"),
+# What each option a checkpoint's tensors decide is called in an error.
+_OPTION_WORDS = {
+    "class_token": "class token",
+    "distillation_token": "distillation token",
+    "num_register_tokens": "register tokens",
+    "layer_scale_init": "LayerScale",
+    "pre_norm": "a LayerNorm after the embeddings",
+    "patch_bias": "a patch-embedding bias",
+    "embed_prefix_tokens": "position-embedding rows for the prefix tokens",
+    "fc_norm": "the norm after pooling (fc_norm)",
+    "pooling": "the pooling head",
 }
 
 
 def _family_mismatches(config, checkpoint):
-    """How the model's family options differ from what the checkpoint's tensors show."""
-    shown = dict(checkpoint.family_options, map=checkpoint.family_options["pooling"] == "map")
-    model = _family_of_config(config)
+    """How the model's options differ from what the checkpoint's tensors show: the rule of
+    `config_for_checkpoint` (`_incompatible`) for a model that already exists."""
     problems = []
-    for key, (words, keyword) in _FAMILY_WORDS.items():
-        if shown.get(key) is None or shown[key] == model[key]:
-            continue
-        if key == "map" and config.pooling is None:
-            continue  # the token sequence: the pooling head is left out
-        if key == "embed_prefix_tokens" and not config.num_prefix_tokens:
-            continue  # no prefix tokens: both embeddings are the same
+    for key, asked, shown in _incompatible(config, checkpoint, _OPTION_WORDS):
+        words = _OPTION_WORDS[key]
         if key == "num_register_tokens":
-            problems.append(f"{words}: the checkpoint has {shown[key]}, the model {model[key]} ({keyword}={config.num_register_tokens})")
+            problems.append(f"{words}: the checkpoint has {shown}, the model {asked} ({key}={asked})")
+        elif key == "pooling":
+            problems.append(f"{words}: the checkpoint shows pooling={shown!r}, the model has pooling={asked!r}")
         else:
-            has = lambda value: "has" if value else "has no"  # noqa: E731
-            problems.append(f"{words}: the checkpoint {has(shown[key])} {'it' if shown[key] else 'such part'}, the model {has(model[key])} ({keyword})")
+            has = lambda value: "has" if value not in (None, False) else "has no"  # noqa: E731
+            problems.append(f"{words}: the checkpoint {has(shown)} {'it' if shown not in (None, False) else 'such part'}, "
+                            f"the model {has(asked)} ({key}={asked!r})")
     return problems
 
 
@@ -352,8 +334,19 @@ def config_for_checkpoint(config, checkpoint, explicit=()):
         raise _mismatch_error(checkpoint, f"a {variant or 'ViT'} with this config", mismatches)
     rules = {key: value for key, value in checkpoint.numerics.items() if key in SOURCE_DECIDED_FIELDS}
     rules["position_resize_method"] = checkpoint.numerics["resize_method"]  # for a dynamic image size
-    family = checkpoint.family_options
-    layer_scale_init = rules.pop("layer_scale_init", None) or config.layer_scale_init or DEFAULT_LAYER_SCALE_INIT
+    rules.pop("layer_scale_init", None)  # in `_options_shown`
+    shown = _options_shown(config, checkpoint)
+    contradictions = [_contradiction(key, asked, value, checkpoint) for key, asked, value in _incompatible(config, checkpoint, explicit)]
+    if contradictions:
+        raise CheckpointError(f"The {checkpoint.description} contradicts options passed:\n{_listing(contradictions)}")
+    changes = {key: value for key, value in {**rules, **shown}.items() if key not in explicit}
+    return config.replace(**changes)
+
+
+def _options_shown(config, checkpoint):
+    """The `ViTConfig` options that `checkpoint`'s tensors decide, for `config`'s model."""
+    arch, family = checkpoint.architecture, checkpoint.family_options
+    layer_scale_init = checkpoint.numerics.get("layer_scale_init") or config.layer_scale_init or DEFAULT_LAYER_SCALE_INIT
     shown = dict(
         class_token=family["class_token"],
         distillation_token=family["distillation_token"],
@@ -369,19 +362,25 @@ def config_for_checkpoint(config, checkpoint, explicit=()):
         shown["embed_prefix_tokens"] = family["embed_prefix_tokens"]
     if config.include_top and arch["num_classes"] is not None:
         shown["num_classes"] = arch["num_classes"]
-    contradictions = [
-        _contradiction(key, getattr(config, key), shown[key], checkpoint)
-        for key in sorted(set(explicit) & set(shown))
-        if not _compatible(key, getattr(config, key), shown[key], config)
+    return shown
+
+
+def _incompatible(config, checkpoint, keys):
+    """[(option, config's value, the checkpoint's)] for the options among `keys` whose value
+    in `config` cannot load `checkpoint` (`_compatible`): one rule for building a model from a
+    checkpoint and for loading one into an existing model."""
+    shown = _options_shown(config, checkpoint)
+    return [
+        (key, getattr(config, key), shown[key])
+        for key in sorted(set(keys) & set(shown))
+        if not _compatible(key, getattr(config, key), shown, config)
     ]
-    if contradictions:
-        raise CheckpointError(f"The {checkpoint.description} contradicts options passed:\n{_listing(contradictions)}")
-    changes = {key: value for key, value in {**rules, **shown}.items() if key not in explicit}
-    return config.replace(**changes)
 
 
-def _compatible(key, asked, shown, config):
-    """Whether an option the caller passed can be loaded from a checkpoint that shows `shown`."""
+def _compatible(key, asked, shown_options, config):
+    """Whether `config`'s value `asked` of option `key` can load a checkpoint whose tensors
+    show `shown_options` (`_options_shown`)."""
+    shown = shown_options[key]
     if key in ("num_classes", "representation_size"):
         return True  # fine-tuning: a classifier is re-created, a pre-logits layer dropped
     if key == "layer_scale_init":
@@ -390,6 +389,10 @@ def _compatible(key, asked, shown, config):
         # The token sequence (None) leaves any head out; a class-token checkpoint may be
         # mean-pooled instead.
         return asked is None or asked == shown or (asked == "gap" and shown == "token")
+    if key == "embed_prefix_tokens":
+        checkpoint_prefix = shown_options["class_token"] + shown_options["distillation_token"] + shown_options["num_register_tokens"]
+        if not (config.num_prefix_tokens and checkpoint_prefix):
+            return True  # no prefix tokens: both embeddings are the same
     return asked == shown
 
 
