@@ -169,7 +169,9 @@ def test_dynamic_model_fits_saves_reloads_and_exports_at_two_sizes(tmp_path):
     rows = {row["artifact"]: row for row in report["artifacts"]}
     assert report["passed"], [row["failures"] for row in report["artifacts"]]
     for name in ("saved_model", "onnx", "onnx_optimized"):
-        assert rows[name]["details"]["second_size"]["size"] == [20, 24] and rows[name]["details"]["second_size"]["max_abs_diff"] <= 1e-4
+        second = rows[name]["details"]["second_size"]
+        assert second["size"] == [20, 24] and second["max_abs_diff"] <= 1e-4
+        assert second["num_images"] == min(pipeline.SECOND_SIZE_IMAGES, report["verification_data"]["num_images"])
     assert rows["onnx"]["details"]["input_shape"] == ["batch", "height", "width", 3]
     assert "fixed 16x16" in rows["tflite_float32"]["details"]["input_size"]
     import tensorflow as tf
