@@ -11,7 +11,8 @@ For ViT-Ti that is ~2,000 small ops per step. `fuse_adamw(optimizer)` replaces:
 - the decoupled weight decay `w -= w * wd * lr` with the learning rate (a schedule)
   evaluated once per step instead of once per variable;
 - the moving average of the weights (`use_ema`), `a = m a + (1 - m) w`, by
-  `ResourceApplyGradientDescent` (`a -= (1 - m)(a - w)`).
+  `ResourceApplyGradientDescent` (`a -= (1 - m)(a - w)`), on one replica (under several,
+  Keras' own).
 
 The result equals Keras' update to float32 rounding (tests/test_fused_optimizer.py).
 Only this instance changes: its saved config stays Keras' AdamW, and a model saved with
@@ -76,7 +77,11 @@ def fuse_adamw(optimizer):
 
         tf.__internal__.distribute.interim.maybe_merge_call(distributed, optimizer._distribution_strategy, decayed)
 
+    keras_moving_average = optimizer._update_model_variables_moving_average
+
     def update_moving_average(trainable_variables):
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            return keras_moving_average(trainable_variables)  # Keras' own, under several replicas
         momentum = tf.cast(tf.not_equal(optimizer.iterations, 0), "float32") * optimizer.ema_momentum
         for variable, average in zip(trainable_variables, optimizer._model_variables_moving_average):
             if average is None:
@@ -91,7 +96,7 @@ def fuse_adamw(optimizer):
     optimizer.update_step = update_step
     if isinstance(optimizer, keras.optimizers.AdamW):
         optimizer._apply_weight_decay = apply_weight_decay
-    if optimizer.use_ema and tf.distribute.get_strategy().num_replicas_in_sync == 1:
+    if optimizer.use_ema:
         optimizer._update_model_variables_moving_average = update_moving_average
     return optimizer
 
