@@ -227,13 +227,15 @@ def _weights_of(model):
     return [np.array(w) for w in model.get_weights()]
 
 
-def test_a_family_tensor_missing_is_listed_and_nothing_is_assigned(fixtures_dir, tmp_path):
+@pytest.mark.parametrize("block, tensor", [(1, "ls2"), (0, "ls1")])  # block 0 is where the family is read
+def test_a_family_tensor_missing_is_listed_and_nothing_is_assigned(fixtures_dir, tmp_path, block, tensor):
     tensors = _read_safetensors(fixtures_dir / "timm_vit/i32_p4_deit3/model.safetensors")
-    del tensors["blocks.1.ls2.gamma"]
+    del tensors[f"blocks.{block}.{tensor}.gamma"]
     path = _write_safetensors(tmp_path / "deit3.safetensors", tensors)
     model = keras_vit.VisionTransformer(num_classes=10, layer_scale_init=0.1, embed_prefix_tokens=False, **BASE)
     before = _weights_of(model)
-    with pytest.raises(CheckpointError, match=r"missing tensor blocks\.1\.ls2\.gamma \(for encoder_block_1/mlp_scale/gamma"):
+    target = f"encoder_block_{block}/{'attention' if tensor == 'ls1' else 'mlp'}_scale/gamma"
+    with pytest.raises(CheckpointError, match=rf"missing tensor blocks\.{block}\.{tensor}\.gamma \(for {target}"):
         keras_vit.load_weights(model, path)
     for old, new in zip(before, model.get_weights()):
         np.testing.assert_array_equal(old, new)

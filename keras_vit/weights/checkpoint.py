@@ -83,7 +83,14 @@ class Checkpoint:
         return TRANSFORMS[transform](*(self.tensors[source] for source in sources))
 
     def has(self, target):
-        return self.mapped(target) is not None
+        """Whether the checkpoint holds `target`; a per-block target ("{i}") in any block, so
+        that a family tensor missing from some blocks (block 0 too) is reported as missing."""
+        if "{i}" not in target:
+            return self.mapped(target) is not None
+        return any(self.mapped(target, block) is not None for block in sorted(self._block_indices()))
+
+    def _block_indices(self):
+        return {int(m.group(1)) for m in map(_BLOCK_INDEX[self.format].match, self.tensors) if m}
 
     @property
     def architecture(self):
@@ -98,7 +105,7 @@ class Checkpoint:
             head = self.mapped("head/kernel")
             return dict(
                 hidden_dim=int(patch_kernel.shape[-1]),
-                num_layers=len({int(m.group(1)) for m in map(_BLOCK_INDEX[self.format].match, self.tensors) if m}),
+                num_layers=len(self._block_indices()),
                 mlp_dim=None if mlp_kernel is None else int(mlp_kernel.shape[-1]),
                 patch_size=tuple(int(s) for s in patch_kernel.shape[:2]),
                 num_channels=int(patch_kernel.shape[2]),
