@@ -29,6 +29,7 @@ HELP = {
     "dataset": "'digits' (offline), a TFDS name ('cifar10', 'tfds:NAME'), 'folder:PATH' or a folder",
     "data_dir": "TFDS data directory",
     "batch_size": "global batch size (split across replicas)",
+    "test_fraction": "the test share of train for an image folder without test/ or a TFDS dataset without a labelled test or validation split",
     "validation_fraction": "hold out this share of train for validation when the dataset has no validation split (0: none)",
     "validate_on_test": "choose the checkpoint on the test split (its accuracy is then optimistic; the run folder says so)",
     "crop_scale_min": "smallest area share of the random resized crop",

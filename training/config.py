@@ -36,6 +36,8 @@ class TrainConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     batch_size: int = 32
+    # The test share of the training examples of an image folder without test/, or of a TFDS
+    # dataset without a labelled test or validation split (stratified, seeded).
     test_fraction: float = 0.2
     # Held out of the training split (stratified, seeded) when the dataset has no validation
     # split; 0: no validation (the last epoch's model is kept).
