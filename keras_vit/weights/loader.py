@@ -74,7 +74,7 @@ def _family_mismatches(config, checkpoint):
     """How the model's options differ from what the checkpoint's tensors show: the rule of
     `config_for_checkpoint` (`_incompatible`) for a model that already exists."""
     problems = []
-    for key, asked, shown in _incompatible(config, checkpoint, _OPTION_WORDS):
+    for key, asked, shown in _incompatible(config, _options_shown(config, checkpoint), _OPTION_WORDS):
         words = _OPTION_WORDS[key]
         if key == "num_register_tokens":
             problems.append(f"{words}: the checkpoint has {shown}, the model {asked} ({key}={asked})")
@@ -336,7 +336,7 @@ def config_for_checkpoint(config, checkpoint, explicit=()):
     rules["position_resize_method"] = checkpoint.numerics["resize_method"]  # for a dynamic image size
     rules.pop("layer_scale_init", None)  # in `_options_shown`
     shown = _options_shown(config, checkpoint)
-    contradictions = [_contradiction(key, asked, value, checkpoint) for key, asked, value in _incompatible(config, checkpoint, explicit)]
+    contradictions = [_contradiction(key, asked, value, checkpoint) for key, asked, value in _incompatible(config, shown, explicit)]
     if contradictions:
         raise CheckpointError(f"The {checkpoint.description} contradicts options passed:\n{_listing(contradictions)}")
     changes = {key: value for key, value in {**rules, **shown}.items() if key not in explicit}
@@ -365,22 +365,17 @@ def _options_shown(config, checkpoint):
     return shown
 
 
-def _incompatible(config, checkpoint, keys):
+def _incompatible(config, shown, keys):
     """[(option, config's value, the checkpoint's)] for the options among `keys` whose value
-    in `config` cannot load `checkpoint` (`_compatible`): one rule for building a model from a
-    checkpoint and for loading one into an existing model."""
-    shown = _options_shown(config, checkpoint)
-    return [
-        (key, getattr(config, key), shown[key])
-        for key in sorted(set(keys) & set(shown))
-        if not _compatible(key, getattr(config, key), shown, config)
-    ]
+    in `config` cannot load a checkpoint that shows `shown` (`_options_shown`): one rule for
+    building a model from a checkpoint and for loading one into an existing model."""
+    return [(key, getattr(config, key), shown[key]) for key in sorted(set(keys) & set(shown)) if not _compatible(key, config, shown)]
 
 
-def _compatible(key, asked, shown_options, config):
-    """Whether `config`'s value `asked` of option `key` can load a checkpoint whose tensors
-    show `shown_options` (`_options_shown`)."""
-    shown = shown_options[key]
+def _compatible(key, config, shown_options):
+    """Whether `config`'s value of option `key` can load a checkpoint whose tensors show
+    `shown_options` (`_options_shown`)."""
+    asked, shown = getattr(config, key), shown_options[key]
     if key in ("num_classes", "representation_size"):
         return True  # fine-tuning: a classifier is re-created, a pre-logits layer dropped
     if key == "layer_scale_init":
