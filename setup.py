@@ -15,7 +15,10 @@ setup(
         "keras_vit.training": "training",
         "keras_vit.export": "export",
     },
-    package_data={"keras_vit.labels": ["*.txt"]},  # the ImageNet-1k / 21k label sets
+    package_data={
+        "keras_vit.labels": ["*.txt"],  # the ImageNet-1k / 21k label sets
+        "keras_vit": ["kernels/*.cc"],  # compiled on first use (keras_vit/native_ops.py)
+    },
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<3.16",

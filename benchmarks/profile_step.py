@@ -9,8 +9,8 @@ runs in its own process with one inter-op thread, so TensorFlow runs one
 op at a time and the op times add up to the step. (With the default threads independent
 ops overlap: the step is faster, as in run.py's table, but per-op times then count the
 overlap twice.) Op types are grouped; oneDNN's names count as the op they implement
-(`_MklNativeFusedMatMul` is a MatMul). Ops in the optimizer's name scope form one group
-whatever their type.
+(`_MklNativeFusedMatMul` is a MatMul); keras_vit's own compiled kernels (`native_ops`) are
+a group. Ops in the optimizer's name scope form one group whatever their type.
 """
 
 import argparse
@@ -38,9 +38,11 @@ GROUPS = {
 }
 OTHER = "element-wise and reductions (LayerNorm, GELU, residual, loss)"
 ASYNC = "XLA-compiled kernels"
+NATIVE = "keras_vit's compiled kernels (LayerNorm, q/k/v heads, softmax gradient)"
+NATIVE_PREFIX = "KerasVit"  # the op types of keras_vit/kernels/*.cc
 OPTIMIZER = "optimizer update (AdamW)"
 OPTIMIZER_NAME = "adamw_update"  # its name scope tells its ops apart from the model's
-ROW_ORDER = [*GROUPS, ASYNC, OTHER, OPTIMIZER]
+ROW_ORDER = [*GROUPS, NATIVE, ASYNC, OTHER, OPTIMIZER]
 
 _NODE_EVENT = re.compile(r"^(?P<name>[\w./\-]+):(?P<type>[_A-Z]\w*)$")
 
@@ -53,6 +55,8 @@ def _group(node_name, op_type):
     if node_name.split("/")[0] == OPTIMIZER_NAME:
         return OPTIMIZER
     base = _op_type(op_type)
+    if base.startswith(NATIVE_PREFIX):
+        return NATIVE
     return next((group for group, types in GROUPS.items() if base in types), OTHER)
 
 

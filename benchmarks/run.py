@@ -32,10 +32,11 @@ import report  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import timm_peer  # noqa: E402
 
-from keras_vit import console  # noqa: E402
+from keras_vit import console, tensorflow_kernels  # noqa: E402
 from keras_vit.training import recipe  # noqa: E402
 
 DEFAULT_PATH = "keras_vit default"  # the training step `keras-vit train` runs unless told
+WITHOUT_KERNELS = "keras_vit default, no compiled kernels"  # the same with keras.ops LayerNorm and attention
 # The versions that decide the figures besides TensorFlow's and Keras'.
 PEER_PACKAGES = ("keras-hub", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
 
@@ -272,6 +273,19 @@ def timm_process(python):
             timm.close()
 
 
+def _traced_without_compiled_kernels(jit_compile):
+    """`DEFAULT_PATH`'s training step with keras_vit's compiled kernels off: its train
+    function is traced here, while they are, and keeps that graph."""
+    model, images, labels = peers.training_step("keras_vit", jit_compile=jit_compile, recipe_optimizer=True)
+    available = tensorflow_kernels.native_kernels_available
+    tensorflow_kernels.native_kernels_available = lambda: False
+    try:
+        model.train_on_batch(images, labels)
+    finally:
+        tensorflow_kernels.native_kernels_available = available
+    return model, images, labels
+
+
 def training_table(variants, rounds, timm=None, timm_compiled=True):
     """Train-step time of a ViT-Ti-shaped model at 32x32, patch 4, batch 64, AdamW.
 
@@ -286,8 +300,9 @@ def training_table(variants, rounds, timm=None, timm_compiled=True):
         keras.mixed_precision.set_global_policy(policy)
         steps = {(name, jit): peers.training_step(name, jit_compile=jit) for jit in jits for name in peers.PEERS}
         if policy == "float32":  # what `keras-vit train` runs unless told (jit_compile auto)
-            steps[(DEFAULT_PATH, recipe.jit_compile_for(None))] = peers.training_step(
-                "keras_vit", jit_compile=recipe.jit_compile_for(None), recipe_optimizer=True)
+            default_jit = recipe.jit_compile_for(None)
+            steps[(DEFAULT_PATH, default_jit)] = peers.training_step("keras_vit", jit_compile=default_jit, recipe_optimizer=True)
+            steps[(WITHOUT_KERNELS, default_jit)] = _traced_without_compiled_kernels(default_jit)
         functions = {key: lambda m=model, x=images, y=labels: m.train_on_batch(x, y) for key, (model, images, labels) in steps.items()}
         if timm and policy == "float32":
             keras_vit_parameters = steps[("keras_vit", jits[0])][0].count_params()
@@ -392,7 +407,9 @@ def main(argv=None):
             f"Every row's ratio is to keras-hub's best path of its precision (XLA or not, whichever is faster); "
             f"`{DEFAULT_PATH}` is what `keras-vit train` runs unless told (`jit_compile` auto: "
             f"XLA={recipe.jit_compile_for(None)} on TensorFlow; its optimizer, `recipe.make_optimizer`, with the "
-            "other rows' AdamW hyperparameters and without gradient clipping or weight average).",
+            "other rows' AdamW hyperparameters and without gradient clipping or weight average); "
+            f"`{WITHOUT_KERNELS}` is the same step with LayerNorm and attention as `keras.ops` "
+            "(keras_vit's compiled kernels off: `keras_vit.native_ops`).",
             report.markdown_table(training, training_columns),
             "### Training step op by op (float32, no XLA)",
             "Made by `benchmarks/profile_step.py`: one step profiled with TensorFlow's profiler, each peer in its own "

@@ -40,6 +40,12 @@ def mlp_activation(x, name="gelu", training=False):
     return activations.gelu_for_training(x)
 
 
+def _native_kernels(training):
+    """Whether a training call runs keras_vit's compiled TensorFlow kernels (LayerNorm, the
+    softmax's gradient): on TensorFlow, where they can be built, outside XLA."""
+    return bool(training) and keras.backend.backend() == "tensorflow" and tensorflow_kernels.native_kernels_available()
+
+
 def _layer_norm(x, gamma, beta, epsilon):
     """LayerNorm over the last axis, [..., D] -> (output, normalized, inv_std).
 
@@ -83,7 +89,9 @@ class LayerNorm(keras.layers.LayerNormalization):
 
     In training the gradient is written out
     (`dx = (g*gamma - mean(g*gamma) - xhat * mean(g*gamma*xhat)) / std`) instead of
-    differentiating each op of the forward pass (the gain: docs/benchmarks.md, "Measured facts").
+    differentiating each op of the forward pass (the gain: docs/benchmarks.md, "Measured facts");
+    on TensorFlow both directions run as keras_vit's compiled kernels where they can be built
+    (`tensorflow_kernels.layer_norm`).
     Input and output: [..., D]; statistics in float32 under mixed precision too. Keras'
     other options (another axis, no centre or scale, rms_scaling) are refused.
     """
@@ -100,7 +108,9 @@ class LayerNorm(keras.layers.LayerNormalization):
     def call(self, inputs, training=None):
         x = ops.cast(inputs, "float32")
         gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
-        if training:
+        if _native_kernels(training):
+            output = tensorflow_kernels.layer_norm(x, gamma, beta, self.epsilon)
+        elif training:
             output = _layer_norm_with_gradient(x, gamma, beta, self.epsilon)
         else:
             output = _layer_norm(x, gamma, beta, self.epsilon)[0]
@@ -310,17 +320,20 @@ class DropPath(keras.layers.Layer):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
-def _attend(query, key, value, dropout=None, training=None, return_probabilities=False):
+def _attend(query, key, value, dropout=None, training=None, return_probabilities=False, query_scaled=False):
     """Scaled dot-product attention of each head: query [B, heads, Q, head_dim], key and value
     [B, heads, T, head_dim] -> context [B * Q, heads * head_dim] (a row per query token),
     and with `return_probabilities` the attention probabilities [B, heads, Q, T] too.
+    `query_scaled`: the query comes already multiplied by 1 / sqrt(head_dim).
 
     The softmax runs in float32: under mixed_float16 the scores can overflow.
     """
     heads, head_dim = query.shape[1], query.shape[-1]
-    query = query * ops.cast(1.0 / math.sqrt(head_dim), query.dtype)
+    if not query_scaled:
+        query = query * ops.cast(1.0 / math.sqrt(head_dim), query.dtype)
     scores = ops.einsum("bhqd,bhkd->bhqk", query, key)
-    probs = ops.softmax(ops.cast(scores, "float32"), axis=-1)
+    scores = ops.cast(scores, "float32")
+    probs = tensorflow_kernels.softmax(scores) if _native_kernels(training) else ops.softmax(scores, axis=-1)
     weights = ops.cast(probs, query.dtype)
     if dropout is not None:
         weights = dropout(weights, training=training)
@@ -373,13 +386,16 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def call(self, x, training=None):
         length, dim = _length(x), x.shape[2]
         queries = length if self.output_tokens is None else self.output_tokens
-        if self.output_tokens is None or self.qkv.quantization_mode is not None:
+        native = self.output_tokens is None and self._splits_natively(x, training)
+        if native:
+            query, key, value = self._project_all_native(x)
+        elif self.output_tokens is None or self.qkv.quantization_mode is not None:
             query, key, value = self._project_all(x)
             if self.output_tokens is not None:
                 query = query[:, :, :queries]
         else:
             query, key, value = self._project_first_queries(x, queries)
-        context = _attend(query, key, value, self.attention_dropout, training)
+        context = _attend(query, key, value, self.attention_dropout, training, query_scaled=native)
         return ops.reshape(self.output_projection(context), (-1, queries, dim))
 
     def with_probabilities(self, x):
@@ -395,6 +411,24 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         # One transpose to [3, B, heads, T, head_dim]; then both attention products are plain
         # batched matmuls with no further transposes (the einsums need none).
         return _split_leading(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3)
+
+    def _splits_natively(self, x, training):
+        """Whether this training call cuts q, k, v out with keras_vit's compiled kernel: float32,
+        and a plain `qkv` Dense (not quantized, no LoRA)."""
+        return (
+            _native_kernels(training)
+            and keras.backend.standardize_dtype(x.dtype) == "float32"
+            and self.qkv.quantization_mode is None
+            and not self.qkv.lora_enabled
+        )
+
+    def _project_all_native(self, x):
+        """`_project_all` as the matmul, then one compiled kernel each way
+        (`tensorflow_kernels.split_heads`: the bias, the cut into heads, and the query's
+        1 / sqrt(head_dim), which comes applied)."""
+        length, dim = _length(x), x.shape[2]
+        qkv = ops.reshape(ops.matmul(ops.reshape(x, (-1, dim)), self.qkv.kernel), (-1, length, 3 * dim))
+        return tensorflow_kernels.split_heads(qkv, self.qkv.bias, self.num_heads, 1.0 / math.sqrt(self.head_dim))
 
     def _project_first_queries(self, x, queries):
         """q [B, heads, K, head_dim] of the first K tokens; k, v [B, heads, T, head_dim] of all.

@@ -1,4 +1,5 @@
-"""Facts about this machine and its packages, for export reports and benchmarks."""
+"""Facts about this machine and its packages (for export reports, benchmarks and the
+build of `native_ops`), and where Keras keeps its files here."""
 
 import importlib.metadata
 import os
@@ -28,6 +29,19 @@ def cpu_flags():
     except OSError:
         pass
     return ""
+
+
+def keras_home():
+    """The folder Keras keeps its files in: `$KERAS_HOME` (default `~/.keras`), or
+    `/tmp/.keras` when that is not writable."""
+    base = os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
+    try:
+        os.makedirs(base, exist_ok=True)
+    except OSError:
+        pass
+    if not os.access(base, os.W_OK):
+        base = os.path.join("/tmp", ".keras")
+    return base
 
 
 def machine():

@@ -1,17 +1,20 @@
-"""TensorFlow-only pieces, used when Keras runs on TensorFlow: the training step's fast GELU,
-and a run-time check of image sizes the graph does not know.
+"""TensorFlow-only pieces, used when Keras runs on TensorFlow: the training step's fast GELU
+and LayerNorm, and a run-time check of image sizes the graph does not know.
 
 Without XLA, TensorFlow runs every element-wise op of a graph as its own kernel, one pass
 over memory each. The exact GELU and its gradient are about ten such passes over the
 largest activation of a block ([B * T, mlp_dim]); compiled with XLA each direction is one
-fused kernel (the gain is measured in `docs/benchmarks.md`).
+fused kernel. LayerNorm's reductions are one pass per direction in keras_vit's compiled
+kernels (`native_ops`). The gains are measured in `docs/benchmarks.md`.
 
-Only `training=True` calls use the GELU: the model's inference graph, and so every export,
+Only `training=True` calls use them: the model's inference graph, and so every export,
 keeps the `keras.ops` spelling in `keras_vit.layers`, which other backends use throughout.
 The size check is only in graphs whose image size is dynamic (never in a fixed-size export).
 """
 
 import functools
+
+from keras_vit import native_ops
 
 
 def gelu_exact(x):
@@ -48,6 +51,77 @@ def _compiled_gelu():
         return forward(x), lambda upstream: backward(x, upstream)
 
     return gelu
+
+
+def native_kernels_available():
+    """Whether `layer_norm`, `split_heads` and `softmax` can run here: keras_vit's compiled kernels are built and loaded,
+    and the graph being traced is not XLA-compiled (XLA cannot compile them; there the
+    `keras.ops` LayerNorm runs and XLA fuses it)."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    if native_ops.load() is None:
+        return False
+    return tf.executing_eagerly() or not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def layer_norm(x, gamma, beta, epsilon):
+    """LayerNorm over the last axis with its gradient, one compiled kernel each way.
+
+    x: [..., D] float32; gamma, beta: [D] float32. Returns y [..., D], as
+    `keras_vit.layers._layer_norm`. Call only where `native_kernels_available()`.
+    """
+    import tensorflow as tf
+
+    library = native_ops.load()
+
+    @tf.custom_gradient
+    def normalize(x, gamma, beta):
+        y, mean, inv_std = library.keras_vit_layer_norm(x, gamma, beta, epsilon=epsilon)
+
+        def grad(dy):
+            return library.keras_vit_layer_norm_grad(dy, x, mean, inv_std, gamma)
+
+        return y, grad
+
+    return normalize(*map(tf.convert_to_tensor, (x, gamma, beta)))  # tensors, as in split_heads
+
+
+def split_heads(qkv, bias, num_heads, query_scale):
+    """q, k, v [B, heads, T, head_dim] from the fused projection `qkv` [B, T, 3 * D] (without
+    its bias) and `bias` [3 * D]: bias added, q multiplied by `query_scale`. One compiled
+    kernel each way; the gradient gives d(qkv) and d(bias). float32. Call only where
+    `native_kernels_available()`."""
+    import tensorflow as tf
+
+    library = native_ops.load()
+
+    @tf.custom_gradient
+    def split(qkv, bias):
+        query, key, value = library.keras_vit_split_heads(qkv, bias, num_heads=num_heads, query_scale=query_scale)
+
+        def grad(d_query, d_key, d_value):
+            return library.keras_vit_split_heads_grad(d_query, d_key, d_value, query_scale=query_scale)
+
+        return (query, key, value), grad
+
+    # Tensors, not variables: a custom gradient handles variables that it is given differently.
+    return split(tf.convert_to_tensor(qkv), tf.convert_to_tensor(bias))
+
+
+def softmax(x):
+    """Softmax over the last axis (TensorFlow's kernel) whose gradient is one compiled
+    kernel. x: [..., N] float32. Call only where `native_kernels_available()`."""
+    import tensorflow as tf
+
+    library = native_ops.load()
+
+    @tf.custom_gradient
+    def normalize(x):
+        probabilities = tf.nn.softmax(x)
+        return probabilities, lambda dy: library.keras_vit_softmax_grad(probabilities, dy)
+
+    return normalize(x)
 
 
 def assert_multiple_of(images, patch_size, message):

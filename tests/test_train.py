@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vit import datasets, preprocess_input
+from keras_vit import datasets, native_ops, preprocess_input
 from keras_vit.training import cli
 from keras_vit.training.train import train
 
@@ -116,7 +116,9 @@ def test_cli_with_config_file_and_finished_run_protection(tmp_path, capsys):
     assert options["batch_size"] == 16 and options["learning_rate"] == 0.001
     assert options["model_options"]["patch_size"] == 4  # the small default, refined by the file
     assert options["jit_compile"] is None  # auto: on TensorFlow, no XLA
-    assert json.loads((run / "config.json").read_text())["jit_compile_used"] is False
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["jit_compile_used"] is False
+    assert resolved["native_kernels_used"] is (native_ops.load() is not None)  # tests/test_native_ops.py
     stamp = (run / "model.keras").stat().st_mtime_ns
     assert cli.main(["--config", str(config_file), "--out", str(run)]) == 2
     assert "already holds a finished run" in capsys.readouterr().err

@@ -25,7 +25,7 @@ import time
 import keras
 
 import keras_vit
-from keras_vit import console, datasets
+from keras_vit import console, datasets, native_ops
 from keras_vit.training import data as data_lib
 from keras_vit.training import recipe, run_folder
 from keras_vit.training.config import TrainConfig
@@ -283,7 +283,15 @@ def _build_model(config, facts, steps):
     )
     # What Keras made of it ("auto" resolved, or False where the model cannot be compiled).
     log(f"XLA for the whole training step: {model.jit_compile}" + (" (auto)" if config.jit_compile is None else ""))
+    if keras.backend.backend() == "tensorflow" and not model.jit_compile:
+        log(f"keras_vit's compiled kernels (LayerNorm, attention heads, softmax gradient): {_native_kernels_used(model)}")
     return model
+
+
+def _native_kernels_used(model):
+    """Whether the training step runs keras_vit's compiled TensorFlow kernels: on TensorFlow,
+    without XLA for the whole step, where they can be built (`keras_vit.native_ops`)."""
+    return keras.backend.backend() == "tensorflow" and not model.jit_compile and native_ops.load() is not None
 
 
 def _write_run_facts(config, run_dir, model, facts):
@@ -292,6 +300,7 @@ def _write_run_facts(config, run_dir, model, facts):
         "options": config.to_dict(),
         "model_config": model.vit_config.to_dict(),
         "jit_compile_used": model.jit_compile,  # what `jit_compile` (None: auto) became
+        "native_kernels_used": _native_kernels_used(model),
         "resume_free": list(TrainConfig.RESUME_FREE),
         "keras_vit_version": keras_vit.__version__,
     }

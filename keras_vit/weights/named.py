@@ -29,6 +29,7 @@ import urllib.parse
 
 import keras
 
+from keras_vit import system
 from keras_vit.config import MODEL_SIZES, VARIANTS
 from keras_vit.preprocessing import Preprocessing
 from keras_vit.weights.errors import CheckpointError
@@ -177,14 +178,7 @@ def match_variant(hidden_dim, num_layers, num_heads, mlp_dim, patch_size):
 def weights_cache_dir():
     """The folder `keras.utils.get_file` caches downloads in: `$KERAS_HOME/models` (default
     `~/.keras/models`), or `/tmp/.keras/models` when that is not writable."""
-    base = os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
-    try:
-        os.makedirs(base, exist_ok=True)
-    except OSError:
-        pass
-    if not os.access(base, os.W_OK):
-        base = os.path.join("/tmp", ".keras")
-    return os.path.join(base, "models")
+    return os.path.join(system.keras_home(), "models")
 
 
 def _cache_name(url):

@@ -1,0 +1,165 @@
+"""keras_vit's compiled TensorFlow kernels (keras_vit.native_ops, tensorflow_kernels): the
+numbers of TensorFlow's own ops differentiated by TensorFlow, only in training graphs, and a
+build that is cached, atomic and falls back with a warning."""
+
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import tiny_vit
+
+from keras_vit import layers, native_ops, tensorflow_kernels
+
+RNG = np.random.default_rng(0)
+OPS = ("KerasVitLayerNorm", "KerasVitSoftmaxGrad", "KerasVitSplitHeads")
+
+pytestmark = pytest.mark.skipif(
+    native_ops.load() is None, reason="keras_vit's kernels cannot be built here (no C++ compiler)"
+)
+
+
+def _value_and_gradients(fn, *inputs):
+    """fn(*inputs) and the gradients of a non-trivial loss of its outputs for every input."""
+    inputs = [tf.constant(v) for v in inputs]
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = tf.nest.flatten(fn(*inputs))
+        loss = sum(tf.reduce_sum(out * tf.cos(out + i)) for i, out in enumerate(outputs))
+    return [out.numpy() for out in outputs] + [g.numpy() for g in tape.gradient(loss, inputs)]
+
+
+def _assert_all_close(ours, theirs, tolerance=1e-5):
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=tolerance * max(1.0, np.abs(b).max()), rtol=tolerance)
+
+
+@pytest.mark.parametrize("shape", [(3, 70, 37), (5, 192), (1, 1, 8)])  # 210 rows: 4 blocks, the last part-full
+def test_layer_norm_kernels_give_the_formula_and_its_autodiff_gradients(shape):
+    x = RNG.normal(2.0, 3.0, size=shape).astype("float32")
+    gamma, beta = RNG.normal(size=shape[-1:]).astype("float32"), RNG.normal(size=shape[-1:]).astype("float32")
+
+    def formula(x, g, b):  # differentiated op by op by TensorFlow
+        mean = tf.reduce_mean(x, -1, keepdims=True)
+        return (x - mean) / tf.sqrt(tf.reduce_mean(tf.square(x - mean), -1, keepdims=True) + 1e-6) * g + b
+
+    _assert_all_close(
+        _value_and_gradients(lambda *t: tensorflow_kernels.layer_norm(*t, 1e-6), x, gamma, beta),
+        _value_and_gradients(formula, x, gamma, beta),
+    )
+
+
+def test_softmax_kernel_gradient_is_tensorflows():
+    scores = RNG.normal(0.0, 4.0, size=(2, 3, 9, 11)).astype("float32")
+    _assert_all_close(
+        _value_and_gradients(tensorflow_kernels.softmax, scores),
+        _value_and_gradients(lambda t: tf.nn.softmax(t), scores),
+    )
+
+
+def test_split_heads_kernel_is_bias_transpose_split_and_scale_with_their_gradients():
+    batch, tokens, heads, head_dim = 3, 67, 2, 5  # 201 tokens: 4 blocks of the bias sum
+    qkv = RNG.normal(size=(batch, tokens, 3 * heads * head_dim)).astype("float32")
+    bias = RNG.normal(size=3 * heads * head_dim).astype("float32")
+    scale = 1 / math.sqrt(head_dim)
+
+    def reference(qkv, bias):
+        parts = tf.transpose(tf.reshape(qkv + bias, (batch, tokens, 3, heads, head_dim)), (2, 0, 3, 1, 4))
+        return parts[0] * scale, parts[1], parts[2]
+
+    ours = _value_and_gradients(lambda *t: tensorflow_kernels.split_heads(*t, heads, scale), qkv, bias)
+    _assert_all_close(ours, _value_and_gradients(reference, qkv, bias))
+    assert ours[0].shape == (batch, heads, tokens, head_dim)
+
+
+def test_kernels_name_mismatched_shapes():
+    library = native_ops.load()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"gamma of shape \[D\]; got x \[2,8\] and gamma \[7\]"):
+        library.keras_vit_layer_norm(tf.zeros((2, 8)), tf.zeros(7), tf.zeros(8), epsilon=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"num_heads 4; got \[1,2,6\]"):
+        library.keras_vit_split_heads(tf.zeros((1, 2, 6)), tf.zeros(6), num_heads=4, query_scale=1.0)
+
+
+def _graph_op_types(function, *args):
+    return {op.type for op in function.get_concrete_function(*args).graph.get_operations()}
+
+
+def test_training_graph_runs_the_kernels_and_inference_and_xla_graphs_do_not():
+    """Exports and saved models trace `training=False`: they must stay plain TensorFlow. XLA
+    cannot compile the kernels: a jit-compiled step uses the keras.ops layers."""
+    model = tiny_vit()
+    images = tf.zeros((2, 16, 16, 3))
+
+    def gradient(images):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(images, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    trained = _graph_op_types(tf.function(gradient), images)
+    assert set(OPS) | {"KerasVitLayerNormGrad", "KerasVitSplitHeadsGrad"} <= trained
+    assert not any(op.startswith("KerasVit") for op in _graph_op_types(tf.function(lambda x: model(x)), images))
+    compiled = tf.function(gradient, jit_compile=True)
+    assert not any(op.startswith("KerasVit") for op in _graph_op_types(compiled, images))
+    assert len(compiled(images)) == len(model.trainable_variables)
+
+
+def test_training_with_the_kernels_gives_the_losses_and_weights_of_keras_ops(monkeypatch):
+    """Three SGD steps of one model with the compiled kernels and without them. (Not Adam: the
+    key bias's gradient is zero in exact arithmetic, and Adam scales either side's rounding
+    noise up to steps of the learning rate.)"""
+    rng = np.random.default_rng(1)
+    images = rng.uniform(-1, 1, size=(8, 16, 16, 3)).astype("float32")
+    labels = keras.utils.to_categorical(rng.integers(0, 10, 8), 10)
+    results = {}
+    for native in (True, False):
+        monkeypatch.setattr(tensorflow_kernels, "native_kernels_available", lambda native=native: native)
+        model = tiny_vit(seed=3)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.CategoricalCrossentropy(from_logits=True), jit_compile=False)
+        assert ("KerasVitLayerNorm" in {op.type for op in _train_graph_ops(model, images, labels)}) == native
+        losses = [float(model.train_on_batch(images, labels)) for _ in range(3)]
+        results[native] = (losses, [w.numpy() for w in model.weights])
+    np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-5)
+    assert results[True][0][2] < results[True][0][0]  # it learns
+    for a, b in zip(results[True][1], results[False][1]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _train_graph_ops(model, images, labels):
+    def step(images, labels):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(x=images, y=labels, y_pred=model(images, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    return tf.function(step).get_concrete_function(images, labels).graph.get_operations()
+
+
+def test_build_is_cached_and_a_failed_build_leaves_nothing(tmp_path, monkeypatch):
+    library = native_ops.build(cache_dir=tmp_path)
+    assert library.is_file() and library.parent.parent == tmp_path
+    built_at = library.stat().st_mtime_ns
+    assert native_ops.build(cache_dir=tmp_path) == library and library.stat().st_mtime_ns == built_at
+
+    # Another compiler is another key: a fresh folder, and a compiler that fails leaves no library.
+    monkeypatch.setenv("CXX", "false")
+    with pytest.raises(native_ops.BuildError, match="false failed"):
+        native_ops.build(cache_dir=tmp_path)
+    assert sorted(path.name for path in tmp_path.rglob("*") if path.is_file()) == [native_ops.LIBRARY_NAME]
+
+
+def test_without_a_compiler_load_warns_and_training_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("CXX", os.path.join(tmp_path, "no-such-compiler"))
+    with pytest.warns(RuntimeWarning, match="compiled TensorFlow kernels are not available .*no-such-compiler"):
+        assert native_ops.load.__wrapped__() is None
+    monkeypatch.setenv(native_ops.DISABLE_VARIABLE, "0")
+    assert not native_ops.enabled() and native_ops.load.__wrapped__() is None
+    # The keras.ops path the layers take then: the same values as the kernel.
+    x = RNG.normal(size=(4, 6)).astype("float32")
+    gamma, beta = np.ones(6, "float32"), np.zeros(6, "float32")
+    np.testing.assert_allclose(
+        layers._layer_norm_with_gradient(x, gamma, beta, 1e-6), tensorflow_kernels.layer_norm(x, gamma, beta, 1e-6), atol=1e-5
+    )
