@@ -28,7 +28,8 @@ TOKEN_INIT = keras.initializers.RandomNormal(stddev=0.02)
 def mlp_activation(x, name="gelu", training=False):
     """The MLP's activation `name` (see `ViTConfig.mlp_activation`). In training the exact
     GELU carries a hand-written gradient: on TensorFlow as two XLA-compiled kernels
-    (`tensorflow_kernels.gelu_exact`), elsewhere `activations.gelu_for_training`."""
+    (`tensorflow_kernels.gelu_exact`; the encoder blocks use keras_vit's compiled kernel
+    where they can, `tensorflow_kernels.bias_gelu`), elsewhere `activations.gelu_for_training`."""
     if name == "gelu_tanh":
         return activations.gelu_tanh(x)
     if name == "quick_gelu":
@@ -44,6 +45,16 @@ def _native_kernels(training):
     """Whether a training call runs keras_vit's compiled TensorFlow kernels (LayerNorm, the
     softmax's gradient): on TensorFlow, where they can be built, outside XLA."""
     return bool(training) and keras.backend.backend() == "tensorflow" and tensorflow_kernels.native_kernels_available()
+
+
+def _plain_dense(dense):
+    """Whether a Dense layer is a plain matmul + bias (not quantized, no LoRA), which the
+    compiled kernels may compute from its kernel and bias directly."""
+    return dense.quantization_mode is None and not dense.lora_enabled
+
+
+def _float32(x):
+    return keras.backend.standardize_dtype(x.dtype) == "float32"
 
 
 def _layer_norm(x, gamma, beta, epsilon):
@@ -415,12 +426,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def _splits_natively(self, x, training):
         """Whether this training call cuts q, k, v out with keras_vit's compiled kernel: float32,
         and a plain `qkv` Dense (not quantized, no LoRA)."""
-        return (
-            _native_kernels(training)
-            and keras.backend.standardize_dtype(x.dtype) == "float32"
-            and self.qkv.quantization_mode is None
-            and not self.qkv.lora_enabled
-        )
+        return _native_kernels(training) and _float32(x) and _plain_dense(self.qkv)
 
     def _project_all_native(self, x):
         """`_project_all` as the matmul, then one compiled kernel each way
@@ -546,8 +552,13 @@ class TransformerBlock(keras.layers.Layer):
         """The block after its attention: the residual, then `x + MLP(LN(x))`."""
         length, dim = _length(x), x.shape[2]
         x = x + self._residual(attention_branch, self.attention_scale, training)
-        branch = self.mlp_dense_1(ops.reshape(self.mlp_norm(x, training=training), (-1, dim)))
-        branch = self.mlp_dense_2(self.dropout(mlp_activation(branch, self.activation, training), training=training))
+        normed = ops.reshape(self.mlp_norm(x, training=training), (-1, dim))
+        if self.activation == "gelu" and _native_kernels(training) and _float32(normed) and _plain_dense(self.mlp_dense_1):
+            # The matmul, then its bias and the GELU as one compiled kernel each way.
+            hidden = tensorflow_kernels.bias_gelu(ops.matmul(normed, self.mlp_dense_1.kernel), self.mlp_dense_1.bias)
+        else:
+            hidden = mlp_activation(self.mlp_dense_1(normed), self.activation, training)
+        branch = self.mlp_dense_2(self.dropout(hidden, training=training))
         return x + self._residual(ops.reshape(branch, (-1, length, dim)), self.mlp_scale, training)
 
     def _residual(self, branch, scale, training):

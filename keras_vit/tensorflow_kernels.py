@@ -1,11 +1,13 @@
-"""TensorFlow-only pieces, used when Keras runs on TensorFlow: the training step's fast GELU
-and LayerNorm, and a run-time check of image sizes the graph does not know.
+"""TensorFlow-only pieces, used when Keras runs on TensorFlow: the training step's fast
+LayerNorm, attention heads, softmax gradient and GELU, and a run-time check of image sizes
+the graph does not know.
 
 Without XLA, TensorFlow runs every element-wise op of a graph as its own kernel, one pass
-over memory each. The exact GELU and its gradient are about ten such passes over the
-largest activation of a block ([B * T, mlp_dim]); compiled with XLA each direction is one
-fused kernel. LayerNorm's reductions are one pass per direction in keras_vit's compiled
-kernels (`native_ops`). The gains are measured in `docs/benchmarks.md`.
+over memory each: the exact GELU and its gradient are about ten such passes over the
+largest activation of a block ([B * T, mlp_dim]), LayerNorm about twenty. keras_vit's
+compiled kernels (`native_ops`) do each of these in one pass per direction, the bias and
+its gradient included. Where they cannot be built (or in mixed precision) the GELU runs as
+two XLA kernels. The gains are measured in `docs/benchmarks.md`.
 
 Only `training=True` calls use them: the model's inference graph, and so every export,
 keeps the `keras.ops` spelling in `keras_vit.layers`, which other backends use throughout.
@@ -54,7 +56,7 @@ def _compiled_gelu():
 
 
 def native_kernels_available():
-    """Whether `layer_norm`, `split_heads` and `softmax` can run here: keras_vit's compiled kernels are built and loaded,
+    """Whether `layer_norm`, `split_heads`, `bias_gelu` and `softmax` can run here: keras_vit's compiled kernels are built and loaded,
     and the graph being traced is not XLA-compiled (XLA cannot compile them; there the
     `keras.ops` LayerNorm runs and XLA fuses it)."""
     import tensorflow as tf
@@ -107,6 +109,21 @@ def split_heads(qkv, bias, num_heads, query_scale):
 
     # Tensors, not variables: a custom gradient handles variables that it is given differently.
     return split(tf.convert_to_tensor(qkv), tf.convert_to_tensor(bias))
+
+
+def bias_gelu(h, bias):
+    """Exact GELU of `h + bias`: h [..., N] (a matmul without its bias), bias [N] -> [..., N].
+    One compiled kernel each way; the gradient gives d(h) and d(bias). float32. Call only
+    where `native_kernels_available()`."""
+    import tensorflow as tf
+
+    library = native_ops.load()
+
+    @tf.custom_gradient
+    def activate(h, bias):
+        return library.keras_vit_bias_gelu(h, bias), lambda dy: library.keras_vit_bias_gelu_grad(dy, h, bias)
+
+    return activate(tf.convert_to_tensor(h), tf.convert_to_tensor(bias))  # tensors, as in split_heads
 
 
 def softmax(x):

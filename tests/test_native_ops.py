@@ -14,7 +14,7 @@ from conftest import tiny_vit
 from keras_vit import layers, native_ops, tensorflow_kernels
 
 RNG = np.random.default_rng(0)
-OPS = ("KerasVitLayerNorm", "KerasVitSoftmaxGrad", "KerasVitSplitHeads")
+OPS = ("KerasVitLayerNorm", "KerasVitSoftmaxGrad", "KerasVitSplitHeads", "KerasVitBiasGelu")
 
 pytestmark = pytest.mark.skipif(
     native_ops.load() is None, reason="keras_vit's kernels cannot be built here (no C++ compiler)"
@@ -76,10 +76,26 @@ def test_split_heads_kernel_is_bias_transpose_split_and_scale_with_their_gradien
     assert ours[0].shape == (batch, heads, tokens, head_dim)
 
 
+@pytest.mark.parametrize("shape", [(70, 37), (2, 3, 768)])  # 70 rows: 3 blocks of the bias sum, the last part-full
+def test_bias_gelu_kernel_is_the_exact_gelu_of_the_biased_input_with_autodiff_gradients(shape):
+    h = RNG.normal(0.0, 3.0, size=shape).astype("float32")
+    bias = RNG.normal(size=shape[-1:]).astype("float32")
+
+    def formula(h, bias):
+        x = h + bias
+        return 0.5 * x * (1.0 + tf.math.erf(x / math.sqrt(2.0)))
+
+    _assert_all_close(
+        _value_and_gradients(tensorflow_kernels.bias_gelu, h, bias), _value_and_gradients(formula, h, bias)
+    )
+
+
 def test_kernels_name_mismatched_shapes():
     library = native_ops.load()
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"gamma of shape \[D\]; got x \[2,8\] and gamma \[7\]"):
         library.keras_vit_layer_norm(tf.zeros((2, 8)), tf.zeros(7), tf.zeros(8), epsilon=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"needs bias \[N\]; got h \[2,8\] and bias \[3\]"):
+        library.keras_vit_bias_gelu(tf.zeros((2, 8)), tf.zeros(3))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"num_heads 4; got \[1,2,6\]"):
         library.keras_vit_split_heads(tf.zeros((1, 2, 6)), tf.zeros(6), num_heads=4, query_scale=1.0)
 
@@ -100,7 +116,8 @@ def test_training_graph_runs_the_kernels_and_inference_and_xla_graphs_do_not():
         return tape.gradient(loss, model.trainable_variables)
 
     trained = _graph_op_types(tf.function(gradient), images)
-    assert set(OPS) | {"KerasVitLayerNormGrad", "KerasVitSplitHeadsGrad"} <= trained
+    assert set(OPS) | {"KerasVitLayerNormGrad", "KerasVitSplitHeadsGrad", "KerasVitBiasGeluGrad"} <= trained
+    assert "XlaLaunch" not in trained and "StatefulPartitionedCall" not in trained  # no XLA GELU left
     assert not any(op.startswith("KerasVit") for op in _graph_op_types(tf.function(lambda x: model(x)), images))
     compiled = tf.function(gradient, jit_compile=True)
     assert not any(op.startswith("KerasVit") for op in _graph_op_types(compiled, images))
