@@ -36,7 +36,7 @@ from keras_vit import console, tensorflow_kernels  # noqa: E402
 from keras_vit.training import recipe  # noqa: E402
 
 DEFAULT_PATH = "keras_vit default"  # the training step `keras-vit train` runs unless told
-WITHOUT_KERNELS = "keras_vit default, no compiled kernels"  # the same with keras.ops LayerNorm and attention
+WITHOUT_KERNELS = "keras_vit default, no compiled kernels"  # the same without keras_vit.native_ops
 # The versions that decide the figures besides TensorFlow's and Keras'.
 PEER_PACKAGES = ("keras-hub", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
 
@@ -408,8 +408,8 @@ def main(argv=None):
             f"`{DEFAULT_PATH}` is what `keras-vit train` runs unless told (`jit_compile` auto: "
             f"XLA={recipe.jit_compile_for(None)} on TensorFlow; its optimizer, `recipe.make_optimizer`, with the "
             "other rows' AdamW hyperparameters and without gradient clipping or weight average); "
-            f"`{WITHOUT_KERNELS}` is the same step with LayerNorm and attention as `keras.ops` "
-            "(keras_vit's compiled kernels off: `keras_vit.native_ops`).",
+            f"`{WITHOUT_KERNELS}` is the same step with keras_vit's compiled kernels off "
+            "(`keras_vit.native_ops`): LayerNorm and attention as `keras.ops`, the GELU as XLA kernels.",
             report.markdown_table(training, training_columns),
             "### Training step op by op (float32, no XLA)",
             "Made by `benchmarks/profile_step.py`: one step profiled with TensorFlow's profiler, each peer in its own "

@@ -30,6 +30,7 @@ def test_benchmark_quick_mode_writes_its_tables(tmp_path):
     assert "### ONNX: the fused graph against the plain one" in text and "| ViT-Ti/16 | 1 |" in text
     assert "| keras_vit | float32 | False |" in text and "| keras-hub | float32 | False |" in text
     assert "| keras_vit default | float32 | False |" in text  # what `keras-vit train` runs unless told
+    assert "| keras_vit default, no compiled kernels | float32 | False |" in text
     assert "### Quantized inference: the int8 artifacts against float32 LiteRT" in text
     for artifact in ("LiteRT (XNNPACK)", "LiteRT dynamic", "LiteRT int8", "LiteRT full_int8", "ONNX Runtime int8"):
         assert f"| ViT-Ti/16 | 1 | {artifact} |" in text, artifact
@@ -49,6 +50,8 @@ def test_profile_groups_count_onednn_kernels_as_their_op_and_the_optimizer_by_sc
     assert profile_step._group(f"{profile_step.OPTIMIZER_NAME}/Mul_3", "Mul") == profile_step.OPTIMIZER
     assert profile_step._group(f"{profile_step.OPTIMIZER_NAME}/MatMul", "MatMul") == profile_step.OPTIMIZER
     assert profile_step._group("vit/block_0/mlp_norm/Mean", "Mean") == profile_step.OTHER
+    assert profile_step._group("vit/block_0/mlp_norm/KerasVitLayerNorm", "KerasVitLayerNorm") == profile_step.NATIVE
+    assert profile_step._group("KerasVitBiasGeluGrad_3", "KerasVitBiasGeluGrad") == profile_step.NATIVE
 
 
 def test_timm_peer_without_torch_is_left_out_with_the_reason_and_a_dead_child_raises():
