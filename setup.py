@@ -17,7 +17,7 @@ setup(
     },
     package_data={
         "keras_vit.labels": ["*.txt"],  # the ImageNet-1k / 21k label sets
-        "keras_vit": ["kernels/*.cc"],  # compiled on first use (keras_vit/native_ops.py)
+        "keras_vit": ["kernels/*.cc", "kernels/*.h"],  # compiled on first use (keras_vit/native_ops.py)
     },
     install_requires=[
         "tensorflow>=2.21,<2.22",

@@ -30,7 +30,9 @@ from keras_vit import system
 
 logger = logging.getLogger("keras_vit.native_ops")
 
-SOURCES = sorted((pathlib.Path(__file__).parent / "kernels").glob("*.cc"))
+KERNELS_DIR = pathlib.Path(__file__).parent / "kernels"
+SOURCES = sorted(KERNELS_DIR.glob("*.cc"))  # compiled into one library
+HEADERS = sorted(KERNELS_DIR.glob("*.h"))  # included by them: part of the cache key
 LIBRARY_NAME = "keras_vit_ops.so"
 DISABLE_VARIABLE = "KERAS_VIT_NATIVE_OPS"
 BUILD_TIMEOUT_S = 600
@@ -115,7 +117,7 @@ def _cache_key(command):
     import tensorflow as tf
 
     digest = hashlib.sha256()
-    for source in SOURCES:
+    for source in (*SOURCES, *HEADERS):
         digest.update(source.read_bytes())
     for part in (*command, tf.__version__, tf.version.GIT_VERSION, system.cpu_model(), system.cpu_flags()):
         digest.update(str(part).encode() + b"\0")

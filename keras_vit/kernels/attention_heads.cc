@@ -6,23 +6,9 @@
 // multiply, a concat, a transpose and a bias-gradient reduction backward.
 // float32 only. Built and loaded by keras_vit/native_ops.py.
 
-#include <algorithm>
-
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
+#include "common.h"
 
 namespace keras_vit {
-
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
-using ::tensorflow::errors::InvalidArgument;
-using ::tensorflow::shape_inference::DimensionHandle;
-using ::tensorflow::shape_inference::InferenceContext;
-using ::tensorflow::shape_inference::ShapeHandle;
 
 REGISTER_OP("KerasVitSplitHeads")
     .Input("qkv: float")
@@ -70,19 +56,9 @@ The gradient of KerasVitSplitHeads: dqkv [B, T, 3 * H * d] and dbias [3 * H * d]
 dq, dk, dv [B, H, T, d].
 )doc");
 
-namespace {
-
-// Tokens per block of the backward pass. Each block sums its own share of dbias and the
-// blocks are added in order: the result does not depend on how threads split the work.
+// Tokens per block of the backward pass, each summing its own share of dbias
+// (`SumBlocksInOrder`).
 constexpr int64_t kTokensPerBlock = 64;
-
-void ParallelFor(OpKernelContext* context, int64_t units, int64_t cost_per_unit,
-                 const std::function<void(int64_t, int64_t)>& work) {
-  auto* pool = context->device()->tensorflow_cpu_worker_threads()->workers;
-  pool->ParallelFor(units, tsl::thread::ThreadPool::SchedulingParams::Adaptive(cost_per_unit), work);
-}
-
-}  // namespace
 
 class SplitHeadsOp : public OpKernel {
  public:
@@ -187,10 +163,7 @@ class SplitHeadsGradOp : public OpKernel {
         }
       }
     });
-    float* dbias_data = dbias->flat<float>().data();
-    std::fill(dbias_data, dbias_data + width, 0.f);
-    for (int64_t block = 0; block < blocks; ++block)
-      for (int64_t i = 0; i < width; ++i) dbias_data[i] += partial_data[block * width + i];
+    SumBlocksInOrder(partial_data, blocks, width, 0, width, dbias->flat<float>().data());
   }
 
  private:

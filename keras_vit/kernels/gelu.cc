@@ -5,22 +5,10 @@
 // five element-wise ops and a bias-gradient reduction (about ten ops without XLA). erf and
 // exp are Eigen's vectorised ones. float32 only. Built and loaded by keras_vit/native_ops.py.
 
-#include <algorithm>
-
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
+#include "common.h"
 #include "unsupported/Eigen/CXX11/Tensor"
 
 namespace keras_vit {
-
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
-using ::tensorflow::errors::InvalidArgument;
-using ::tensorflow::shape_inference::InferenceContext;
 
 REGISTER_OP("KerasVitBiasGelu")
     .Input("h: float")
@@ -49,17 +37,11 @@ namespace {
 
 constexpr float kInvSqrt2 = 0.70710678118654752440f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
-// Rows per block of the backward pass; each block sums its own share of dbias, added in order.
+// Rows per block of the backward pass, each summing its own share of dbias (`SumBlocksInOrder`).
 constexpr int64_t kRowsPerBlock = 32;
 
 using Row = Eigen::TensorMap<Eigen::Tensor<float, 1, Eigen::RowMajor>>;
 using ConstRow = Eigen::TensorMap<const Eigen::Tensor<float, 1, Eigen::RowMajor>>;
-
-void ParallelFor(OpKernelContext* context, int64_t units, int64_t cost_per_unit,
-                 const std::function<void(int64_t, int64_t)>& work) {
-  auto* pool = context->device()->tensorflow_cpu_worker_threads()->workers;
-  pool->ParallelFor(units, tsl::thread::ThreadPool::SchedulingParams::Adaptive(cost_per_unit), work);
-}
 
 bool CheckShapes(OpKernelContext* context, const Tensor& h, const Tensor& bias) {
   if (h.dims() >= 1 && bias.dims() == 1 && bias.dim_size(0) == h.dim_size(h.dims() - 1)) return true;
@@ -136,10 +118,7 @@ class BiasGeluGradOp : public OpKernel {
         }
       }
     });
-    float* dbias_data = dbias->flat<float>().data();
-    std::fill(dbias_data, dbias_data + width, 0.f);
-    for (int64_t block = 0; block < blocks; ++block)
-      for (int64_t i = 0; i < width; ++i) dbias_data[i] += partial_data[block * width + i];
+    SumBlocksInOrder(partial_data, blocks, width, 0, width, dbias->flat<float>().data());
   }
 };
 

@@ -4,23 +4,11 @@
 // float32 only; keras_vit.LayerNorm computes its statistics in float32 under every policy.
 // Built and loaded by keras_vit/native_ops.py; used by keras_vit/tensorflow_kernels.py.
 
-#include <algorithm>
 #include <cmath>
 
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
+#include "common.h"
 
 namespace keras_vit {
-
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
-using ::tensorflow::errors::InvalidArgument;
-using ::tensorflow::shape_inference::InferenceContext;
-using ::tensorflow::shape_inference::ShapeHandle;
 
 REGISTER_OP("KerasVitLayerNorm")
     .Input("x: float")
@@ -67,15 +55,9 @@ xhat = (x - mean) * inv_std; dgamma = sum over rows of dy * xhat; dbeta = sum of
 
 namespace {
 
-// Rows per block of the backward pass. Each block sums its own share of dgamma and dbeta,
-// and the blocks are added in order: the result does not depend on how threads split rows.
+// Rows per block of the backward pass, each summing its own share of dgamma and dbeta
+// (`SumBlocksInOrder`).
 constexpr int64_t kRowsPerBlock = 64;
-
-void ParallelFor(OpKernelContext* context, int64_t units, int64_t cost_per_unit,
-                 const std::function<void(int64_t, int64_t)>& work) {
-  auto* pool = context->device()->tensorflow_cpu_worker_threads()->workers;
-  pool->ParallelFor(units, tsl::thread::ThreadPool::SchedulingParams::Adaptive(cost_per_unit), work);
-}
 
 // Whether `parameter` is [D] for x [..., D]; if not, fails the op with an error naming both.
 bool MatchesWidth(OpKernelContext* context, const Tensor& x, const Tensor& parameter, const char* name) {
@@ -205,17 +187,8 @@ class LayerNormGradOp : public OpKernel {
         }
       }
     });
-    float* dgamma_data = dgamma->flat<float>().data();
-    float* dbeta_data = dbeta->flat<float>().data();
-    std::fill(dgamma_data, dgamma_data + width, 0.f);
-    std::fill(dbeta_data, dbeta_data + width, 0.f);
-    for (int64_t block = 0; block < blocks; ++block) {
-      const float* block_dgamma = partial_data + 2 * block * width;
-      for (int64_t i = 0; i < width; ++i) {
-        dgamma_data[i] += block_dgamma[i];
-        dbeta_data[i] += block_dgamma[width + i];
-      }
-    }
+    SumBlocksInOrder(partial_data, blocks, 2 * width, 0, width, dgamma->flat<float>().data());
+    SumBlocksInOrder(partial_data, blocks, 2 * width, width, width, dbeta->flat<float>().data());
   }
 };
 

@@ -3,18 +3,9 @@
 // (multiply, sum, subtract, multiply). float32 only: keras_vit's attention takes its softmax
 // in float32 under every policy. Built and loaded by keras_vit/native_ops.py.
 
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
+#include "common.h"
 
 namespace keras_vit {
-
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::errors::InvalidArgument;
-using ::tensorflow::shape_inference::InferenceContext;
 
 REGISTER_OP("KerasVitSoftmaxGrad")
     .Input("probabilities: float")
@@ -46,20 +37,18 @@ class SoftmaxGradOp : public OpKernel {
     const float* p_data = probabilities.flat<float>().data();
     const float* dy_data = dy.flat<float>().data();
     float* dx_data = dx->flat<float>().data();
-    auto* pool = context->device()->tensorflow_cpu_worker_threads()->workers;
-    pool->ParallelFor(rows, tsl::thread::ThreadPool::SchedulingParams::Adaptive(6 * width),
-                      [=](int64_t begin, int64_t end) {
-                        for (int64_t row = begin; row < end; ++row) {
-                          const float* p = p_data + row * width;
-                          const float* g = dy_data + row * width;
-                          float* out = dx_data + row * width;
-                          float dot = 0.f;
+    ParallelFor(context, rows, 6 * width, [=](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const float* p = p_data + row * width;
+        const float* g = dy_data + row * width;
+        float* out = dx_data + row * width;
+        float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-                          for (int64_t i = 0; i < width; ++i) dot += g[i] * p[i];
+        for (int64_t i = 0; i < width; ++i) dot += g[i] * p[i];
 #pragma omp simd
-                          for (int64_t i = 0; i < width; ++i) out[i] = p[i] * (g[i] - dot);
-                        }
-                      });
+        for (int64_t i = 0; i < width; ++i) out[i] = p[i] * (g[i] - dot);
+      }
+    });
   }
 };
 
