@@ -42,8 +42,9 @@ def mlp_activation(x, name="gelu", training=False):
 
 
 def _native_kernels(training):
-    """Whether a training call runs keras_vit's compiled TensorFlow kernels (LayerNorm, the
-    softmax's gradient): on TensorFlow, where they can be built, outside XLA."""
+    """Whether a training call runs keras_vit's compiled TensorFlow kernels
+    (`tensorflow_kernels`: LayerNorm, q/k/v heads, softmax gradient, bias + GELU): on
+    TensorFlow, where they can be built, outside XLA."""
     return bool(training) and keras.backend.backend() == "tensorflow" and tensorflow_kernels.native_kernels_available()
 
 
