@@ -60,7 +60,8 @@ def load():
     except (BuildError, OSError, tf.errors.NotFoundError) as error:
         warnings.warn(
             f"keras_vit's compiled TensorFlow kernels are not available ({error}); training uses "
-            f"the slower keras.ops LayerNorm (same numbers). Set {DISABLE_VARIABLE}=0 to silence this.",
+            f"the slower keras.ops layers and XLA GELU (same numbers). Set {DISABLE_VARIABLE}=0 to "
+            "silence this.",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -56,9 +56,9 @@ def _compiled_gelu():
 
 
 def native_kernels_available():
-    """Whether `layer_norm`, `split_heads`, `bias_gelu` and `softmax` can run here: keras_vit's compiled kernels are built and loaded,
-    and the graph being traced is not XLA-compiled (XLA cannot compile them; there the
-    `keras.ops` LayerNorm runs and XLA fuses it)."""
+    """Whether `layer_norm`, `split_heads`, `bias_gelu` and `softmax` can run here: keras_vit's
+    compiled kernels are built and loaded, and the graph being traced is not XLA-compiled
+    (XLA cannot compile them; there the `keras.ops` layers run and XLA fuses them)."""
     import tensorflow as tf
     from tensorflow.python.ops import control_flow_util
 
