@@ -38,7 +38,7 @@ GROUPS = {
 }
 OTHER = "element-wise and reductions (LayerNorm, GELU, residual, loss)"
 ASYNC = "XLA-compiled kernels"
-NATIVE = "keras_vit's compiled kernels (LayerNorm, q/k/v heads, softmax gradient, bias + GELU)"
+NATIVE = "keras_vit's compiled kernels (LayerNorm, attention, bias + GELU)"
 NATIVE_PREFIX = "KerasVit"  # the op types of keras_vit/kernels/*.cc
 OPTIMIZER = "optimizer update (AdamW)"
 OPTIMIZER_NAME = "adamw_update"  # its name scope tells its ops apart from the model's

@@ -43,7 +43,7 @@ def mlp_activation(x, name="gelu", training=False):
 
 def _native_kernels(training):
     """Whether a training call runs keras_vit's compiled TensorFlow kernels
-    (`tensorflow_kernels`: LayerNorm, q/k/v heads, softmax gradient, bias + GELU): on
+    (`tensorflow_kernels`: LayerNorm, attention or its heads and softmax gradient, bias + GELU): on
     TensorFlow, where they can be built, outside XLA."""
     return bool(training) and keras.backend.backend() == "tensorflow" and tensorflow_kernels.native_kernels_available()
 
@@ -399,6 +399,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         length, dim = _length(x), x.shape[2]
         queries = length if self.output_tokens is None else self.output_tokens
         native = self.output_tokens is None and self._splits_natively(x, training)
+        if native and not self.attention_dropout_rate:
+            return ops.reshape(self.output_projection(self._attend_native(x)), (-1, queries, dim))
         if native:
             query, key, value = self._project_all_native(x)
         elif self.output_tokens is None or self.qkv.quantization_mode is not None:
@@ -433,9 +435,21 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         """`_project_all` as the matmul, then one compiled kernel each way
         (`tensorflow_kernels.split_heads`: the bias, the cut into heads, and the query's
         1 / sqrt(head_dim), which comes applied)."""
-        length, dim = _length(x), x.shape[2]
-        qkv = ops.reshape(ops.matmul(ops.reshape(x, (-1, dim)), self.qkv.kernel), (-1, length, 3 * dim))
+        qkv = self._qkv_without_bias(x)
         return tensorflow_kernels.split_heads(qkv, self.qkv.bias, self.num_heads, 1.0 / math.sqrt(self.head_dim))
+
+    def _attend_native(self, x):
+        """The context [B * T, D] of a training call without attention dropout: the matmul,
+        then one compiled kernel each way (`tensorflow_kernels.attention`: the bias, the
+        heads, both products and the softmax, an (example, head) at a time)."""
+        qkv = self._qkv_without_bias(x)
+        context = tensorflow_kernels.attention(qkv, self.qkv.bias, self.num_heads, 1.0 / math.sqrt(self.head_dim))
+        return ops.reshape(context, (-1, x.shape[2]))
+
+    def _qkv_without_bias(self, x):
+        """x [B, T, D] times the `qkv` Dense's kernel: [B, T, 3D], the bias left to a kernel."""
+        length, dim = _length(x), x.shape[2]
+        return ops.reshape(ops.matmul(ops.reshape(x, (-1, dim)), self.qkv.kernel), (-1, length, 3 * dim))
 
     def _project_first_queries(self, x, queries):
         """q [B, heads, K, head_dim] of the first K tokens; k, v [B, heads, T, head_dim] of all.

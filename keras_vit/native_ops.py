@@ -16,6 +16,7 @@ says why, and callers use their `keras.ops` spelling: the same numbers, slower.
 `KERAS_VIT_NATIVE_OPS=0` turns the kernels off; `CXX` names the compiler.
 """
 
+import concurrent.futures
 import functools
 import hashlib
 import logging
@@ -71,8 +72,8 @@ def load():
 def build(cache_dir=None):
     """The path of the compiled library, built first when this machine has none cached for
     this TensorFlow version and these sources. Raises BuildError."""
-    command = _compile_command()
-    key = _cache_key(command)
+    compile_command, link_flags = _compile_command(), _link_flags()
+    key = _cache_key([*compile_command, *link_flags])
     folder = pathlib.Path(cache_dir or os.path.join(system.keras_home(), "keras_vit_ops")) / key
     library = folder / LIBRARY_NAME
     if library.is_file():
@@ -83,17 +84,28 @@ def build(cache_dir=None):
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         partial = pathlib.Path(scratch) / LIBRARY_NAME
         logger.warning("compiling keras_vit's TensorFlow kernels into %s (once per machine and TensorFlow version)", folder)
-        try:
-            result = subprocess.run(
-                [*command, "-o", str(partial)], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise BuildError(f"{command[0]} could not run: {error}") from error
-        if result.returncode != 0 or not partial.is_file():
-            errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
-            raise BuildError(f"{command[0]} failed (exit {result.returncode}): " + " | ".join(errors[-5:]))
+        objects = [pathlib.Path(scratch) / f"{source.stem}.o" for source in SOURCES]
+        # One compiler per source, side by side: the attention kernel's matrix products
+        # take as long to compile as all the others together.
+        commands = [[*compile_command, "-c", str(source), "-o", str(out)] for source, out in zip(SOURCES, objects)]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            list(pool.map(_run, commands))  # raises the first BuildError
+        _run([compile_command[0], "-shared", *map(str, objects), *link_flags, "-o", str(partial)])
+        if not partial.is_file():
+            raise BuildError(f"{compile_command[0]} wrote no library")
         os.replace(partial, library)
     return library
+
+
+def _run(command):
+    """Runs one compiler command; raises BuildError with the compiler's error lines."""
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise BuildError(f"{command[0]} could not run: {error}") from error
+    if result.returncode != 0:
+        errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
+        raise BuildError(f"{command[0]} failed (exit {result.returncode}): " + " | ".join(errors[-5:]))
 
 
 def _compiler():
@@ -104,12 +116,20 @@ def _compiler():
 
 
 def _compile_command():
-    """The compiler's command line without its output file: TensorFlow's own flags (headers,
-    ABI, C++17) and library, optimised for this CPU."""
+    """The compiler's command line for one source, without its input and output: TensorFlow's
+    own flags (headers, ABI, C++17), optimised for this CPU. Symbols stay hidden, so that
+    the library's Eigen code is its own, not TensorFlow's build of the same templates."""
     import tensorflow as tf
 
-    flags = ["-shared", "-fPIC", "-O3", "-march=native", "-fopenmp-simd", "-w"]
-    return [_compiler(), *flags, *tf.sysconfig.get_compile_flags(), *map(str, SOURCES), *tf.sysconfig.get_link_flags()]
+    flags = ["-fPIC", "-O3", "-march=native", "-fopenmp-simd", "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-w"]
+    return [_compiler(), *flags, *tf.sysconfig.get_compile_flags()]
+
+
+def _link_flags():
+    """TensorFlow's library, which the kernels link against."""
+    import tensorflow as tf
+
+    return tf.sysconfig.get_link_flags()
 
 
 def _cache_key(command):

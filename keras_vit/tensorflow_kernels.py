@@ -1,12 +1,13 @@
 """TensorFlow-only pieces, used when Keras runs on TensorFlow: the training step's fast
-LayerNorm, attention heads, softmax gradient and GELU, and a run-time check of image sizes
-the graph does not know.
+LayerNorm, attention (or, with attention dropout, its heads and softmax gradient) and GELU,
+and a run-time check of image sizes the graph does not know.
 
 Without XLA, TensorFlow runs every element-wise op of a graph as its own kernel, one pass
 over memory each: the exact GELU and its gradient are about ten such passes over the
 largest activation of a block ([B * T, mlp_dim]), LayerNorm about twenty. keras_vit's
 compiled kernels (`native_ops`) do each of these in one pass per direction, the bias and
-its gradient included. Where they cannot be built (or in mixed precision) the GELU runs as
+its gradient included; the attention kernel also keeps each (example, head)'s products and
+softmax in the core's caches instead of writing each step to memory. Where they cannot be built (or in mixed precision) the GELU runs as
 two XLA kernels. The gains are measured in `docs/benchmarks.md`.
 
 Only `training=True` calls use them: the model's inference graph, and so every export,
@@ -56,7 +57,7 @@ def _compiled_gelu():
 
 
 def native_kernels_available():
-    """Whether `layer_norm`, `split_heads`, `bias_gelu` and `softmax` can run here: keras_vit's
+    """Whether `layer_norm`, `attention`, `split_heads`, `bias_gelu` and `softmax` can run here: keras_vit's
     compiled kernels are built and loaded, and the graph being traced is not XLA-compiled
     (XLA cannot compile them; there the `keras.ops` layers run and XLA fuses them)."""
     import tensorflow as tf
@@ -109,6 +110,31 @@ def split_heads(qkv, bias, num_heads, query_scale):
 
     # Tensors, not variables: a custom gradient handles variables that it is given differently.
     return split(tf.convert_to_tensor(qkv), tf.convert_to_tensor(bias))
+
+
+def attention(qkv, bias, num_heads, query_scale):
+    """Self-attention from the fused projection `qkv` [B, T, 3 * D] (without its bias) and
+    `bias` [3 * D]: context [B, T, D], the heads side by side (`D = num_heads * head_dim`),
+    with the query multiplied by `query_scale`. One compiled kernel each way, (example,
+    head) by (example, head): the bias, the cut into heads, both products and the softmax;
+    the gradient gives d(qkv) and d(bias). No dropout on the probabilities. float32. Call
+    only where `native_kernels_available()`."""
+    import tensorflow as tf
+
+    library = native_ops.load()
+
+    @tf.custom_gradient
+    def attend(qkv, bias):
+        context, probabilities = library.keras_vit_attention(
+            qkv, bias, num_heads=num_heads, query_scale=query_scale
+        )
+
+        def grad(d_context):
+            return library.keras_vit_attention_grad(d_context, qkv, bias, probabilities, query_scale=query_scale)
+
+        return context, grad
+
+    return attend(tf.convert_to_tensor(qkv), tf.convert_to_tensor(bias))  # tensors, as in split_heads
 
 
 def bias_gelu(h, bias):

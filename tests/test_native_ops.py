@@ -14,7 +14,7 @@ from conftest import tiny_vit
 from keras_vit import layers, native_ops, tensorflow_kernels
 
 RNG = np.random.default_rng(0)
-OPS = ("KerasVitLayerNorm", "KerasVitSoftmaxGrad", "KerasVitSplitHeads", "KerasVitBiasGelu")
+OPS = ("KerasVitLayerNorm", "KerasVitAttention", "KerasVitBiasGelu")  # a training graph without attention dropout
 
 pytestmark = pytest.mark.skipif(
     native_ops.load() is None, reason="keras_vit's kernels cannot be built here (no C++ compiler)"
@@ -76,6 +76,25 @@ def test_split_heads_kernel_is_bias_transpose_split_and_scale_with_their_gradien
     assert ours[0].shape == (batch, heads, tokens, head_dim)
 
 
+def _attention_reference(qkv, bias, heads, scale):
+    """TensorFlow's ops, as `layers._attend` runs them: the heads, both products, the softmax."""
+    batch, tokens, width = qkv.shape
+    parts = tf.transpose(tf.reshape(qkv + bias, (batch, tokens, 3, heads, width // (3 * heads))), (2, 0, 3, 1, 4))
+    probabilities = tf.nn.softmax(tf.einsum("bhqd,bhkd->bhqk", parts[0] * scale, parts[1]))
+    context = tf.einsum("bhqk,bhkd->bhqd", probabilities, parts[2])
+    return tf.reshape(tf.transpose(context, (0, 2, 1, 3)), (batch, tokens, width // 3))
+
+
+@pytest.mark.parametrize("batch, tokens, heads, head_dim", [(3, 65, 3, 16), (2, 1, 1, 8), (1, 17, 4, 5)])
+def test_attention_kernel_is_heads_products_and_softmax_with_their_gradients(batch, tokens, heads, head_dim):
+    qkv = RNG.normal(size=(batch, tokens, 3 * heads * head_dim)).astype("float32")
+    bias = RNG.normal(size=3 * heads * head_dim).astype("float32")
+    scale = 1 / math.sqrt(head_dim)
+    ours = _value_and_gradients(lambda *t: tensorflow_kernels.attention(*t, heads, scale), qkv, bias)
+    _assert_all_close(ours, _value_and_gradients(lambda *t: _attention_reference(*t, heads, scale), qkv, bias))
+    assert ours[0].shape == (batch, tokens, heads * head_dim)
+
+
 @pytest.mark.parametrize("shape", [(70, 37), (2, 3, 768)])  # 70 rows: 3 blocks of the bias sum, the last part-full
 def test_bias_gelu_kernel_is_the_exact_gelu_of_the_biased_input_with_autodiff_gradients(shape):
     h = RNG.normal(0.0, 3.0, size=shape).astype("float32")
@@ -98,6 +117,12 @@ def test_kernels_name_mismatched_shapes():
         library.keras_vit_bias_gelu(tf.zeros((2, 8)), tf.zeros(3))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"num_heads 4; got \[1,2,6\]"):
         library.keras_vit_split_heads(tf.zeros((1, 2, 6)), tf.zeros(6), num_heads=4, query_scale=1.0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"num_heads 4; got \[1,2,6\]"):
+        library.keras_vit_attention(tf.zeros((1, 2, 6)), tf.zeros(6), num_heads=4, query_scale=1.0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"dcontext \[1,2,3\], qkv \[1,2,6\], bias \[6\]"):
+        library.keras_vit_attention_grad(
+            tf.zeros((1, 2, 3)), tf.zeros((1, 2, 6)), tf.zeros(6), tf.zeros((1, 1, 2, 2)), query_scale=1.0
+        )
 
 
 def _graph_op_types(function, *args):
@@ -115,8 +140,14 @@ def test_training_graph_runs_the_kernels_and_inference_and_xla_graphs_do_not():
             loss = tf.reduce_sum(model(images, training=True))
         return tape.gradient(loss, model.trainable_variables)
 
-    trained = _graph_op_types(tf.function(gradient), images)
-    assert set(OPS) | {"KerasVitLayerNormGrad", "KerasVitSplitHeadsGrad", "KerasVitBiasGeluGrad"} <= trained
+    operations = tf.function(gradient).get_concrete_function(images).graph.get_operations()
+    trained = {op.type for op in operations}
+    assert set(OPS) | {"KerasVitLayerNormGrad", "KerasVitAttentionGrad", "KerasVitBiasGeluGrad"} <= trained
+    # Every attention of all tokens is one kernel (the last block, which only computes the
+    # class token's output, keeps its own products).
+    attentions = [layer for layer in model._flatten_layers() if isinstance(layer, layers.MultiHeadSelfAttention)]
+    all_tokens = sum(layer.output_tokens is None for layer in attentions)
+    assert [op.type for op in operations].count("KerasVitAttention") == all_tokens >= 1
     assert "XlaLaunch" not in trained and "StatefulPartitionedCall" not in trained  # no XLA GELU left
     assert not any(op.startswith("KerasVit") for op in _graph_op_types(tf.function(lambda x: model(x)), images))
     compiled = tf.function(gradient, jit_compile=True)
@@ -124,17 +155,35 @@ def test_training_graph_runs_the_kernels_and_inference_and_xla_graphs_do_not():
     assert len(compiled(images)) == len(model.trainable_variables)
 
 
-def test_training_with_the_kernels_gives_the_losses_and_weights_of_keras_ops(monkeypatch):
+def test_attention_dropout_keeps_tensorflows_products_with_the_split_heads_kernel():
+    """The fused attention kernel has no dropout: with attention dropout a training call cuts
+    the heads with its own kernel and keeps TensorFlow's products, softmax and dropout."""
+    model = tiny_vit(attention_dropout_rate=0.1)
+    images = tf.zeros((2, 16, 16, 3))
+
+    def gradient(images):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(images, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    trained = _graph_op_types(tf.function(gradient), images)
+    assert {"KerasVitSplitHeads", "KerasVitSplitHeadsGrad", "KerasVitSoftmaxGrad", "BatchMatMulV2"} <= trained
+    assert "KerasVitAttention" not in trained
+
+
+@pytest.mark.parametrize("attention_dropout_rate", [0.0, 0.5])  # the fused attention kernel; split heads
+def test_training_with_the_kernels_gives_the_losses_and_weights_of_keras_ops(monkeypatch, attention_dropout_rate):
     """Three SGD steps of one model with the compiled kernels and without them. (Not Adam: the
     key bias's gradient is zero in exact arithmetic, and Adam scales either side's rounding
-    noise up to steps of the learning rate.)"""
+    noise up to steps of the learning rate.) With attention dropout both sides draw the same
+    masks from the same seed."""
     rng = np.random.default_rng(1)
     images = rng.uniform(-1, 1, size=(8, 16, 16, 3)).astype("float32")
     labels = keras.utils.to_categorical(rng.integers(0, 10, 8), 10)
     results = {}
     for native in (True, False):
         monkeypatch.setattr(tensorflow_kernels, "native_kernels_available", lambda native=native: native)
-        model = tiny_vit(seed=3)
+        model = tiny_vit(seed=3, attention_dropout_rate=attention_dropout_rate)
         model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.CategoricalCrossentropy(from_logits=True), jit_compile=False)
         assert ("KerasVitLayerNorm" in {op.type for op in _train_graph_ops(model, images, labels)}) == native
         losses = [float(model.train_on_batch(images, labels)) for _ in range(3)]

@@ -283,7 +283,7 @@ def _build_model(config, facts, steps):
     )
     # What Keras made of it ("auto" resolved, or False where the model cannot be compiled).
     log(f"XLA for the whole training step: {model.jit_compile}" + (" (auto)" if config.jit_compile is None else ""))
-    log(f"keras_vit's compiled kernels (LayerNorm, attention heads, softmax gradient, bias + GELU): {_native_kernels_used(model)}")
+    log(f"keras_vit's compiled kernels (LayerNorm, attention, bias + GELU): {_native_kernels_used(model)}")
     return model
 
 
