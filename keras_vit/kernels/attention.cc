@@ -94,11 +94,28 @@ inline void LoadHeads(const float* qkv, const float* bias, const AttentionShape&
   }
 }
 
-// scores[0, n) -> softmax(scores), in place, with Eigen's vectorised exp.
-inline void SoftmaxInPlace(float* scores, int64_t n) {
-  Eigen::Map<Eigen::ArrayXf> row(scores, n);
-  row = (row - row.maxCoeff()).exp();
-  row *= 1.f / row.sum();
+// Each row of scores [rows, n] -> its softmax, in place. The exp runs once over the whole
+// block: row by row, Eigen's vectorised exp spends as long on each short row's tail.
+inline void SoftmaxRowsInPlace(float* scores, int64_t rows, int64_t n) {
+  for (int64_t row = 0; row < rows; ++row) {
+    float* x = scores + row * n;
+    float max = x[0];
+#pragma omp simd reduction(max : max)
+    for (int64_t i = 0; i < n; ++i) max = std::max(max, x[i]);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) x[i] -= max;
+  }
+  Eigen::Map<Eigen::ArrayXf> all(scores, rows * n);
+  all = all.exp();
+  for (int64_t row = 0; row < rows; ++row) {
+    float* x = scores + row * n;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < n; ++i) sum += x[i];
+    const float inverse = 1.f / sum;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) x[i] *= inverse;
+  }
 }
 
 class AttentionOp : public OpKernel {
@@ -135,7 +152,7 @@ class AttentionOp : public OpKernel {
         LoadHeads(qkv_data, bias_data, s, b, h, scale, &q, &k, &v);
         MatrixMap p(probabilities_data + unit * tokens * tokens, tokens, tokens);
         p.noalias() = q * k.transpose();
-        for (int64_t row = 0; row < tokens; ++row) SoftmaxInPlace(p.data() + row * tokens, tokens);
+        SoftmaxRowsInPlace(p.data(), tokens, tokens);
         StridedMap out(context_data + b * tokens * dim + h * s.head_dim, tokens, s.head_dim,
                        Eigen::OuterStride<>(dim));
         out.noalias() = p * v;
@@ -203,10 +220,14 @@ class AttentionGradOp : public OpKernel {
         StridedMap dq = head_block(0), dk = head_block(1), dv = head_block(2);
         dv.noalias() = p.transpose() * dc;
         ds.noalias() = dc * v.transpose();
-        for (int64_t row = 0; row < tokens; ++row) {
-          auto grad = ds.row(row).array();
-          const auto probs = p.row(row).array();
-          grad = probs * (grad - (grad * probs).sum());
+        for (int64_t row = 0; row < tokens; ++row) {  // ds = p * (dp - rowsum(dp * p))
+          float* grad = ds.data() + row * tokens;
+          const float* probs = p.data() + row * tokens;
+          float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t i = 0; i < tokens; ++i) dot += grad[i] * probs[i];
+#pragma omp simd
+          for (int64_t i = 0; i < tokens; ++i) grad[i] = probs[i] * (grad[i] - dot);
         }
         dk.noalias() = ds.transpose() * q;  // q carries the scale already
         dq.noalias() = ds * (k * scale);  // Eigen takes the scale into the product
