@@ -128,12 +128,7 @@ class AttentionOp : public OpKernel {
   void Compute(OpKernelContext* context) override {
     const Tensor& qkv = context->input(0);
     const Tensor& bias = context->input(1);
-    OP_REQUIRES(context, qkv.dims() == 3 && qkv.dim_size(2) % (3 * num_heads_) == 0,
-                InvalidArgument("KerasVitAttention: qkv must be [B, T, 3 * num_heads * head_dim] with num_heads ",
-                                num_heads_, "; got ", qkv.shape().DebugString()));
-    OP_REQUIRES(context, bias.dims() == 1 && bias.dim_size(0) == qkv.dim_size(2),
-                InvalidArgument("KerasVitAttention: bias must be [", qkv.dim_size(2), "]; got ",
-                                bias.shape().DebugString()));
+    if (!CheckFusedProjection(context, "KerasVitAttention", qkv, bias, num_heads_)) return;
     const AttentionShape s{qkv.dim_size(0), qkv.dim_size(1), num_heads_, qkv.dim_size(2) / (3 * num_heads_)};
     const int64_t dim = s.heads * s.head_dim, tokens = s.tokens;
     Tensor *context_out, *probabilities;

@@ -70,12 +70,7 @@ class SplitHeadsOp : public OpKernel {
   void Compute(OpKernelContext* context) override {
     const Tensor& qkv = context->input(0);
     const Tensor& bias = context->input(1);
-    OP_REQUIRES(context, qkv.dims() == 3 && qkv.dim_size(2) % (3 * num_heads_) == 0,
-                InvalidArgument("KerasVitSplitHeads: qkv must be [B, T, 3 * num_heads * head_dim] with num_heads ",
-                                num_heads_, "; got ", qkv.shape().DebugString()));
-    OP_REQUIRES(context, bias.dims() == 1 && bias.dim_size(0) == qkv.dim_size(2),
-                InvalidArgument("KerasVitSplitHeads: bias must be [", qkv.dim_size(2), "]; got ",
-                                bias.shape().DebugString()));
+    if (!CheckFusedProjection(context, "KerasVitSplitHeads", qkv, bias, num_heads_)) return;
     const int64_t batch = qkv.dim_size(0), tokens = qkv.dim_size(1), width = qkv.dim_size(2);
     const int64_t heads = num_heads_, head_dim = width / (3 * heads);
     const TensorShape shape({batch, heads, tokens, head_dim});

@@ -32,6 +32,22 @@ inline void ParallelFor(OpKernelContext* context, int64_t units, int64_t cost_pe
   pool->ParallelFor(units, tsl::thread::ThreadPool::SchedulingParams::Adaptive(cost_per_unit), work);
 }
 
+// Whether qkv [B, T, 3 * num_heads * head_dim] (a fused q/k/v projection) and bias
+// [3 * num_heads * head_dim] fit each other; if not, fails `context` with an error naming `op`.
+inline bool CheckFusedProjection(OpKernelContext* context, const char* op, const Tensor& qkv, const Tensor& bias,
+                                 int num_heads) {
+  if (qkv.dims() != 3 || qkv.dim_size(2) % (3 * num_heads) != 0) {
+    context->CtxFailure(InvalidArgument(op, ": qkv must be [B, T, 3 * num_heads * head_dim] with num_heads ",
+                                        num_heads, "; got ", qkv.shape().DebugString()));
+    return false;
+  }
+  if (bias.dims() != 1 || bias.dim_size(0) != qkv.dim_size(2)) {
+    context->CtxFailure(InvalidArgument(op, ": bias must be [", qkv.dim_size(2), "]; got ", bias.shape().DebugString()));
+    return false;
+  }
+  return true;
+}
+
 // out[i] = the sum over blocks b of partial[b * stride + offset + i], i < count, added block
 // by block in order. A gradient reduced this way (each block of rows summing its own share)
 // does not depend on how the threads split the blocks.
