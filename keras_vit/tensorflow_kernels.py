@@ -7,8 +7,9 @@ over memory each: the exact GELU and its gradient are about ten such passes over
 largest activation of a block ([B * T, mlp_dim]), LayerNorm about twenty. keras_vit's
 compiled kernels (`native_ops`) do each of these in one pass per direction, the bias and
 its gradient included; the attention kernel also keeps each (example, head)'s products and
-softmax in the core's caches instead of writing each step to memory. Where they cannot be built (or in mixed precision) the GELU runs as
-two XLA kernels. The gains are measured in `docs/benchmarks.md`.
+softmax in the core's caches instead of writing each step to memory. Where they cannot be
+built (or in mixed precision) the GELU runs as two XLA kernels. The gains are measured in
+`docs/benchmarks.md`.
 
 Only `training=True` calls use them: the model's inference graph, and so every export,
 keeps the `keras.ops` spelling in `keras_vit.layers`, which other backends use throughout.
@@ -57,9 +58,10 @@ def _compiled_gelu():
 
 
 def native_kernels_available():
-    """Whether `layer_norm`, `attention`, `split_heads`, `bias_gelu` and `softmax` can run here: keras_vit's
-    compiled kernels are built and loaded, and the graph being traced is not XLA-compiled
-    (XLA cannot compile them; there the `keras.ops` layers run and XLA fuses them)."""
+    """Whether `layer_norm`, `attention`, `split_heads`, `bias_gelu` and `softmax` can run
+    here: keras_vit's compiled kernels are built and loaded, and the graph being traced is
+    not XLA-compiled (XLA cannot compile them; there the `keras.ops` layers run and XLA
+    fuses them)."""
     import tensorflow as tf
     from tensorflow.python.ops import control_flow_util
 

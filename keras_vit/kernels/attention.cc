@@ -215,14 +215,9 @@ class AttentionGradOp : public OpKernel {
         StridedMap dq = head_block(0), dk = head_block(1), dv = head_block(2);
         dv.noalias() = p.transpose() * dc;
         ds.noalias() = dc * v.transpose();
-        for (int64_t row = 0; row < tokens; ++row) {  // ds = p * (dp - rowsum(dp * p))
+        for (int64_t row = 0; row < tokens; ++row) {  // ds = p * (dp - rowsum(dp * p)), in place
           float* grad = ds.data() + row * tokens;
-          const float* probs = p.data() + row * tokens;
-          float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t i = 0; i < tokens; ++i) dot += grad[i] * probs[i];
-#pragma omp simd
-          for (int64_t i = 0; i < tokens; ++i) grad[i] = probs[i] * (grad[i] - dot);
+          SoftmaxGradRow(p.data() + row * tokens, grad, grad, tokens);
         }
         dk.noalias() = ds.transpose() * q;  // q carries the scale already
         dq.noalias() = ds * (k * scale);  // Eigen takes the scale into the product

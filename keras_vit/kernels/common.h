@@ -48,6 +48,15 @@ inline bool CheckFusedProjection(OpKernelContext* context, const char* op, const
   return true;
 }
 
+// One row of a softmax's gradient: dx = p * (dy - sum(dy * p)), n values; dx may be dy.
+inline void SoftmaxGradRow(const float* p, const float* dy, float* dx, int64_t n) {
+  float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t i = 0; i < n; ++i) dot += dy[i] * p[i];
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dx[i] = p[i] * (dy[i] - dot);
+}
+
 // out[i] = the sum over blocks b of partial[b * stride + offset + i], i < count, added block
 // by block in order. A gradient reduced this way (each block of rows summing its own share)
 // does not depend on how the threads split the blocks.

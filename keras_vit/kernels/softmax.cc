@@ -39,14 +39,7 @@ class SoftmaxGradOp : public OpKernel {
     float* dx_data = dx->flat<float>().data();
     ParallelFor(context, rows, 6 * width, [=](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        const float* p = p_data + row * width;
-        const float* g = dy_data + row * width;
-        float* out = dx_data + row * width;
-        float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-        for (int64_t i = 0; i < width; ++i) dot += g[i] * p[i];
-#pragma omp simd
-        for (int64_t i = 0; i < width; ++i) out[i] = p[i] * (g[i] - dot);
+        SoftmaxGradRow(p_data + row * width, dy_data + row * width, dx_data + row * width, width);
       }
     });
   }
