@@ -37,6 +37,7 @@ from keras_vit.training import recipe  # noqa: E402
 
 DEFAULT_PATH = "keras_vit default"  # the training step `keras-vit train` runs unless told
 WITHOUT_KERNELS = "keras_vit default, no compiled kernels"  # the same without keras_vit.native_ops
+MATMUL_LIMIT = ("fp32 matmul", "-")  # timed among the float32 training rows
 # The versions that decide the figures besides TensorFlow's and Keras'.
 PEER_PACKAGES = ("keras-hub", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
 
@@ -90,13 +91,19 @@ def time_interleaved(functions, rounds, calls_per_round, warmup=2, min_seconds=0
     return {name: summarise(s) for name, s in samples.items()}
 
 
-def matmul_gflops(rounds, n):
-    """The practical fp32 limit: an n x n x n matmul, GFLOP/s (median)."""
+def square_matmul(n):
+    """The practical fp32 limit's workload: a function running an n x n x n matmul, and its FLOPs."""
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n))
     matmul = tf.function(lambda: tf.linalg.matmul(a, b))
-    stats = time_interleaved({"matmul": lambda: matmul().numpy()}, rounds=rounds, calls_per_round=5)["matmul"]
-    return 2 * n**3 / (stats["median_ms"] / 1000.0) / 1e9
+    return (lambda: matmul().numpy()), 2 * n**3
+
+
+def matmul_gflops(rounds, n):
+    """The practical fp32 limit: an n x n x n matmul, GFLOP/s (median)."""
+    run_matmul, flops = square_matmul(n)
+    stats = time_interleaved({"matmul": run_matmul}, rounds=rounds, calls_per_round=5)["matmul"]
+    return flops / (stats["median_ms"] / 1000.0) / 1e9
 
 
 def peer_of(path):
@@ -286,15 +293,18 @@ def _traced_without_compiled_kernels(jit_compile):
     return model, images, labels
 
 
-def training_table(variants, rounds, timm=None, timm_compiled=True):
-    """Train-step time of a ViT-Ti-shaped model at 32x32, patch 4, batch 64, AdamW.
+def training_table(variants, rounds, matmul_size, timm=None, timm_compiled=True):
+    """Train-step time of a ViT-Ti-shaped model at 32x32, patch 4, batch 64, AdamW, and the
+    fp32 matmul limit timed alongside the float32 rows (returned, GFLOP/s).
 
     `variants`: (precision policy, XLA settings) pairs; all XLA settings of a policy are
     timed interleaved in one session, with keras_vit's default path (`DEFAULT_PATH`) in the
     float32 one, and every row's ratio is to keras-hub's best path of that policy. timm, when
-    given, joins the float32 session (eager and torch.compile).
+    given, joins the float32 session (eager and torch.compile). The float32 session also
+    times a `matmul_size`^3 matmul in every round: each float32 row's share of the matmul
+    limit is taken round by round, like the ratios, so a slow spell of the host moves both.
     """
-    rows = []
+    rows, limit = [], None
     step = peers.TRAINING_STEP
     for policy, jits in variants:
         keras.mixed_precision.set_global_policy(policy)
@@ -307,12 +317,19 @@ def training_table(variants, rounds, timm=None, timm_compiled=True):
         if timm and policy == "float32":
             keras_vit_parameters = steps[("keras_vit", jits[0])][0].count_params()
             functions.update({(name, "-"): fn for name, fn in timm_paths(timm, timm_compiled, keras_vit_parameters, **step).items()})
+        if policy == "float32":
+            functions[MATMUL_LIMIT], matmul_flops = square_matmul(matmul_size)
         log(f"training step, {policy}, XLA in {jits}")
         results = time_interleaved(functions, rounds=rounds, calls_per_round=3)
+        matmul = results.pop(MATMUL_LIMIT, None)
+        if matmul:
+            limit = matmul_flops / (matmul["median_ms"] / 1000) / 1e9
         reference = min((results[("keras-hub", jit)] for jit in jits), key=lambda stats: stats["median_ms"])
         for (name, jit), stats in results.items():
             if name.startswith("timm"):
                 timm.drop(name)
+            flops = 3 * step["batch"] * peers.forward_flops(  # forward + backward: about 3x the forward pass
+                step["size"], step["image_size"], step["patch_size"], step["num_classes"], peer=peer_of(name))
             rows.append(
                 {
                     "peer": name,
@@ -321,15 +338,22 @@ def training_table(variants, rounds, timm=None, timm_compiled=True):
                     "median ms": f"{stats['median_ms']:.0f}",
                     "IQR ms": f"{stats['iqr_ms'][0]:.0f}-{stats['iqr_ms'][1]:.0f}",
                     **ratio_cells("vs best keras-hub", stats, reference),
-                    # Forward + backward: about 3x the forward pass.
-                    "GFLOP/s": gflops(3 * step["batch"] * peers.forward_flops(
-                        step["size"], step["image_size"], step["patch_size"], step["num_classes"], peer=peer_of(name)), stats),
+                    "GFLOP/s": gflops(flops, stats),
+                    **(share_of_limit_cells(flops, stats, matmul_flops, matmul) if matmul else {}),
                 }
             )
         del steps, functions
         keras.backend.clear_session()
     keras.mixed_precision.set_global_policy("float32")
-    return rows
+    return rows, limit
+
+
+def share_of_limit_cells(flops, stats, matmul_flops, matmul):
+    """{"of matmul limit": median, "limit IQR": spread}: a path's GFLOP/s over the matmul's,
+    round by round (its time ratio to the matmul, inverted, so the quartiles swap)."""
+    median, (q25, q75) = paired_ratio(stats, matmul)
+    work = flops / matmul_flops
+    return {"of matmul limit": f"{work / median:.0%}", "limit IQR": f"{work / q75:.0%}-{work / q25:.0%}"}
 
 
 def main(argv=None):
@@ -359,12 +383,15 @@ def main(argv=None):
         with_timm = timm is not None
         if with_timm:
             facts.update({f"timm process: {key}": value for key, value in timm.versions.items()})
-        training = training_table(variants, rounds=3 if args.quick else 8, timm=timm, timm_compiled=not args.quick)
+        training, training_limit = training_table(
+            variants, rounds=3 if args.quick else 8, matmul_size=matmul_size, timm=timm, timm_compiled=not args.quick
+        )
     log("training step op by op, each peer in its own process")
     profile = profile_step.table(steps=3 if args.quick else 5)
 
     inference_columns = ["model", "batch", "path", "median ms", "IQR ms", "vs best keras-hub", "ratio IQR", "GFLOP/s"]
-    training_columns = ["peer", "precision", "XLA", "median ms", "IQR ms", "vs best keras-hub", "ratio IQR", "GFLOP/s"]
+    training_columns = ["peer", "precision", "XLA", "median ms", "IQR ms", "vs best keras-hub", "ratio IQR", "GFLOP/s",
+                        "of matmul limit", "limit IQR"]
     quantized_columns = ["model", "batch", "artifact", "median ms", "vs float32 LiteRT", "ratio IQR", "size MiB", "size vs float32"]
     markdown = "\n\n".join(
         [
@@ -377,7 +404,11 @@ def main(argv=None):
             "block computes the class token alone, 6.9% less than keras-hub and timm compute."
             + (" timm (training step only) runs in a process of its own, driven call by call "
                                    "from this one (`benchmarks/timm_peer.py`), interleaved like the other paths." if with_timm else ""),
-            report.facts_markdown({**facts, f"fp32 matmul ({matmul_size}^3), GFLOP/s": f"{limit:.0f}"}),
+            report.facts_markdown({
+                **facts,
+                f"fp32 matmul ({matmul_size}^3), GFLOP/s, at the start of the run": f"{limit:.0f}",
+                f"fp32 matmul ({matmul_size}^3), GFLOP/s, among the float32 training rows": f"{training_limit:.0f}",
+            }),
             "### Inference, 224x224, float32",
             report.markdown_table(inference, inference_columns),
             *(
@@ -409,7 +440,9 @@ def main(argv=None):
             f"XLA={recipe.jit_compile_for(None)} on TensorFlow; its optimizer, `recipe.make_optimizer`, with the "
             "other rows' AdamW hyperparameters and without gradient clipping or weight average); "
             f"`{WITHOUT_KERNELS}` is the same step with keras_vit's compiled kernels off "
-            "(`keras_vit.native_ops`): LayerNorm and attention as `keras.ops`, the GELU as XLA kernels.",
+            "(`keras_vit.native_ops`): LayerNorm and attention as `keras.ops`, the GELU as XLA kernels. "
+            f"The fp32 matmul ({matmul_size}^3) ran in every round of the float32 rows, at {training_limit:.0f} GFLOP/s "
+            "(median): each float32 row's share of it is taken round by round.",
             report.markdown_table(training, training_columns),
             "### Training step op by op (float32, no XLA)",
             "Made by `benchmarks/profile_step.py`: one step profiled with TensorFlow's profiler, each peer in its own "

@@ -4,6 +4,7 @@ stays out cleanly where torch is missing."""
 
 import importlib.util
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -31,6 +32,10 @@ def test_benchmark_quick_mode_writes_its_tables(tmp_path):
     assert "| keras_vit | float32 | False |" in text and "| keras-hub | float32 | False |" in text
     assert "| keras_vit default | float32 | False |" in text  # what `keras-vit train` runs unless told
     assert "| keras_vit default, no compiled kernels | float32 | False |" in text
+    # The float32 rows' share of the matmul limit, timed in the same rounds: "NN% | NN%-NN% |".
+    default_row = next(line for line in text.splitlines() if line.startswith("| keras_vit default | float32 |"))
+    assert re.search(r"\| \d+% \| \d+%-\d+% \|$", default_row), default_row
+    assert "among the float32 training rows: " in text
     assert "### Quantized inference: the int8 artifacts against float32 LiteRT" in text
     for artifact in ("LiteRT (XNNPACK)", "LiteRT dynamic", "LiteRT int8", "LiteRT full_int8", "ONNX Runtime int8"):
         assert f"| ViT-Ti/16 | 1 | {artifact} |" in text, artifact

@@ -42,6 +42,34 @@ constexpr int64_t kRowsPerBlock = 32;
 
 using Row = Eigen::TensorMap<Eigen::Tensor<float, 1, Eigen::RowMajor>>;
 using ConstRow = Eigen::TensorMap<const Eigen::Tensor<float, 1, Eigen::RowMajor>>;
+namespace ei = Eigen::internal;
+using Packet = ei::packet_traits<float>::type;  // this CPU's widest (16 floats with AVX-512)
+constexpr int64_t kLanes = ei::unpacket_traits<Packet>::size;
+
+// gelu'(x) = Phi(x) + x * phi(x), for a packet or a float: Eigen's vectorised erf and exp.
+template <typename T>
+inline T GeluGrad(const T& x) {
+  const T cdf = ei::pmadd(ei::perf(ei::pmul(x, ei::pset1<T>(kInvSqrt2))), ei::pset1<T>(0.5f), ei::pset1<T>(0.5f));
+  const T pdf = ei::pmul(ei::pexp(ei::pmul(ei::pmul(x, x), ei::pset1<T>(-0.5f))), ei::pset1<T>(kInvSqrt2Pi));
+  return ei::pmadd(x, pdf, cdf);
+}
+
+// One row of the backward pass: dh = dy * gelu'(h + bias), and dh added to dbias. Written
+// with Eigen's packets: as a Tensor expression (x used three times) it took 1.5x as long.
+inline void BiasGeluGradRow(const float* h, const float* bias, const float* dy, float* dh, float* dbias,
+                            int64_t width) {
+  int64_t i = 0;
+  for (; i + kLanes <= width; i += kLanes) {
+    const Packet x = ei::padd(ei::ploadu<Packet>(h + i), ei::ploadu<Packet>(bias + i));
+    const Packet grad = ei::pmul(ei::ploadu<Packet>(dy + i), GeluGrad(x));
+    ei::pstoreu(dh + i, grad);
+    ei::pstoreu(dbias + i, ei::padd(ei::ploadu<Packet>(dbias + i), grad));
+  }
+  for (; i < width; ++i) {
+    dh[i] = dy[i] * GeluGrad(h[i] + bias[i]);
+    dbias[i] += dh[i];
+  }
+}
 
 bool CheckShapes(OpKernelContext* context, const Tensor& h, const Tensor& bias) {
   if (h.dims() >= 1 && bias.dims() == 1 && bias.dim_size(0) == h.dim_size(h.dims() - 1)) return true;
@@ -102,19 +130,13 @@ class BiasGeluGradOp : public OpKernel {
     float* dh_data = dh->flat<float>().data();
     float* partial_data = partial.flat<float>().data();
     ParallelFor(context, blocks, 60 * width * kRowsPerBlock, [=](int64_t begin, int64_t end) {
-      const ConstRow b(bias_data, width);
       for (int64_t block = begin; block < end; ++block) {
         float* block_dbias = partial_data + block * width;
         std::fill(block_dbias, block_dbias + width, 0.f);
         const int64_t last = std::min(rows, (block + 1) * kRowsPerBlock);
         for (int64_t row = block * kRowsPerBlock; row < last; ++row) {
-          const auto x = ConstRow(h_data + row * width, width) + b;
-          float* out = dh_data + row * width;
-          Row(out, width) =
-              ConstRow(dy_data + row * width, width) *
-              ((x * kInvSqrt2).erf() * 0.5f + 0.5f + x * (x * x * -0.5f).exp() * kInvSqrt2Pi);
-#pragma omp simd
-          for (int64_t i = 0; i < width; ++i) block_dbias[i] += out[i];
+          BiasGeluGradRow(h_data + row * width, bias_data, dy_data + row * width, dh_data + row * width,
+                          block_dbias, width);
         }
       }
     });
