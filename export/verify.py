@@ -10,7 +10,9 @@ compares with the Keras logits on the same images:
   alone moves the logits in proportion to their scale (docs/benchmarks.md, "Measured
   facts"), so a fixed 1e-2 would fail models by their logit scale, not by the export;
 - int8 (dynamic range and full integer): top-1 agreement >= 98% and, when the images have
-  labels, accuracy within 1 point of Keras.
+  labels, accuracy at most 1 point below Keras'. Only a drop fails: a gain is bounded by
+  the agreement (98% agreement moves accuracy by 2 points at most), and a quantized model
+  that happens to be right on a few more images is not a broken export.
 
 `median_latency_ms` times a runner on one batch.
 """
@@ -74,9 +76,10 @@ def verify(run, images, reference_logits, labels=None, precision="float32"):
             )
     if "min_top1_agreement" in rule and agreement < rule["min_top1_agreement"]:
         failures.append(f"top-1 agreement {agreement:.2%} < {rule['min_top1_agreement']:.0%}")
-    if "max_accuracy_drop" in rule and accuracy is not None and abs(accuracy - keras_accuracy) > rule["max_accuracy_drop"]:
+    # + 1e-9: a drop of exactly one point (5 of 500 images) is "at most 1 point" in floats too.
+    if "max_accuracy_drop" in rule and accuracy is not None and keras_accuracy - accuracy > rule["max_accuracy_drop"] + 1e-9:
         failures.append(
-            f"accuracy {accuracy:.2%} is more than {rule['max_accuracy_drop']:.0%} from Keras' {keras_accuracy:.2%}"
+            f"accuracy {accuracy:.2%} is more than {rule['max_accuracy_drop']:.0%} below Keras' {keras_accuracy:.2%}"
         )
     return _result(max_abs_diff, agreement, accuracy, failures)
 
