@@ -41,7 +41,7 @@ def main(argv=None):
             "Made by `make quickstart` (which ends with `keras-vit export RUN_DIR`) and recorded by "
             "`python benchmarks/export.py`. Every artifact is verified against the Keras model on the "
             "digits test split before it is written: float32 max abs logit diff <= 1e-4, float16 <= 1e-2 x max(1, max |logit|), "
-            "int8 top-1 agreement >= 98% and accuracy within 1 point. Latency is the median wall time of "
+            "int8 top-1 agreement >= 98% and accuracy at most 1 point below Keras'. Latency is the median wall time of "
             "one call on this machine, the Keras model (a `tf.function`) timed in the same run; times "
             "of a fraction of a millisecond are noisy, the ratios between artifacts less so. TFLite "
             "runs in the `ai_edge_litert` interpreter (XNNPACK, all cores), ONNX in onnxruntime (CPU).",

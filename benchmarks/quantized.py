@@ -95,7 +95,7 @@ def main(argv=None):
             "Made by `python benchmarks/quantized.py`: two runs trained on the digits (the quickstart; a ViT-Ti-width "
             "model, 12 blocks of width 192, at 32 px), each exported with every quantization "
             f"(`--quantize {QUANTIZATIONS}`) and verified on the 360 test digits (int8 rule: top-1 agreement >= 98%, "
-            "accuracy within 1 point of Keras). Sizes of such small models include what does not shrink (position "
+            "accuracy at most 1 point below Keras'). Sizes of such small models include what does not shrink (position "
             "embedding, quantization parameters); at 224 px see the quantized-inference table.",
             markdown_table(rows, columns),
             "\n".join(notes),
