@@ -121,8 +121,26 @@ def _compile_command():
     the library's Eigen code is its own, not TensorFlow's build of the same templates."""
     import tensorflow as tf
 
-    flags = ["-fPIC", "-O3", "-march=native", "-fopenmp-simd", "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-w"]
-    return [_compiler(), *flags, *tf.sysconfig.get_compile_flags()]
+    compiler = _compiler()
+    flags = ["-fPIC", "-O3", "-march=native", *_unsupported_isa_flags(compiler), "-fopenmp-simd"]
+    flags += ["-fvisibility=hidden", "-fvisibility-inlines-hidden", "-w"]
+    return [compiler, *flags, *tf.sysconfig.get_compile_flags()]
+
+
+@functools.cache
+def _unsupported_isa_flags(compiler):
+    """Flags that turn off the instruction sets `-march=native` would enable and TensorFlow's
+    Eigen headers cannot be compiled with. As of TensorFlow 2.21: AVX512-FP16 (Intel Sapphire
+    Rapids and later), whose packet file calls `predux_half_dowto4`, a function that Eigen
+    version no longer has. The kernels are float32, so they lose nothing by it."""
+    try:
+        macros = subprocess.run(
+            [compiler, "-march=native", "-dM", "-E", "-x", "c++", os.devnull],
+            capture_output=True, text=True, timeout=60,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise BuildError(f"{compiler} could not run: {error}") from error
+    return ["-mno-avx512fp16"] if "__AVX512FP16__" in macros else []
 
 
 def _link_flags():
