@@ -2,6 +2,8 @@
 
 import json
 
+from keras_vit.export.formats import REPORT_FILE
+
 COLUMNS = (
     ("artifact", "artifact"),
     ("quantization", "quantization"),
@@ -134,5 +136,5 @@ def markdown(report):
 
 def write(report, folder):
     """Writes `export_report.json` and `export_report.md` into `folder`."""
-    (folder / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     (folder / "export_report.md").write_text(markdown(report))

@@ -13,14 +13,13 @@ images come from. Images are uint8 [N, H, W, 3] at the model's size; the model i
 """
 
 import dataclasses
-import json
 import pathlib
 
 import numpy as np
 
+from keras_vit import run_files
 from keras_vit.preprocessing import IMAGE_EXTENSIONS, image_files
 
-RUN_MODEL_FILE = "model.keras"  # what a run folder names in metrics.json's "model"
 NUM_SYNTHETIC_IMAGES = 64
 SYNTHETIC_SEED = 1234
 
@@ -82,66 +81,34 @@ def load_source(path):
     if not path.exists():
         raise ExportError(f"{path} does not exist: give a training run folder or a .keras file.")
     run_dir = facts = metrics = None
-    if path.is_dir():
-        if not (path / "dataset.json").is_file():
-            raise ExportError(
-                f"{path} is a folder but not a training run folder: it has no dataset.json "
-                f"(a run folder holds {RUN_MODEL_FILE}, dataset.json and metrics.json)."
-            )
-        run_dir = path
-        facts = _read_json(run_dir / "dataset.json", required=True)
-        metrics = _read_json(run_dir / "metrics.json", required=False)
-        model_path = run_dir / (metrics or {}).get("model", RUN_MODEL_FILE)
-        if not model_path.is_file():
-            raise ExportError(f"{path} is a run folder without its model {model_path.name} (an unfinished run?).")
-    else:
-        if path.suffix != ".keras":
+    try:
+        if path.is_dir():
+            if not run_files.is_run_folder(path):
+                raise ExportError(
+                    f"{path} is a folder but not a training run folder: it has no {run_files.DATASET_FILE} (a run "
+                    f"folder holds {run_files.MODEL_FILE}, {run_files.DATASET_FILE} and {run_files.METRICS_FILE})."
+                )
+            run_dir = path
+            facts = run_files.read_json(run_dir / run_files.DATASET_FILE)
+            if (run_dir / run_files.METRICS_FILE).is_file():
+                metrics = run_files.read_json(run_dir / run_files.METRICS_FILE)
+            model_path = run_files.run_model_path(run_dir)
+        elif path.suffix != ".keras":
             raise ExportError(f"{path} is not a .keras file or a training run folder.")
-        model_path = path
-
-    model = _load_keras_vit_classifier(model_path)
-    if facts is not None and list(facts["class_names"]) != list(model.vit_config.class_names or facts["class_names"]):
-        raise ExportError(f"{run_dir / 'dataset.json'}'s class names differ from those {model_path.name} carries.")
-    return ExportSource(model_path=model_path, model=model, run_dir=run_dir, facts=facts, metrics=metrics)
-
-
-def _read_json(path, required):
-    if not path.is_file():
-        if required:
-            raise ExportError(f"{path} is missing: a run folder needs its dataset facts.")
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ExportError(f"{path} is not valid JSON: {error}") from None
-
-
-def _load_keras_vit_classifier(path):
-    """Loads `path` and checks, from the config it carries, that it is a keras_vit classifier
-    with an RGB input and a logits output."""
-    import keras
-
-    import keras_vit
-
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as error:  # a zip that is not a Keras archive, unknown layers, ...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"{path} could not be loaded as a Keras model: {reason[:300]}") from None
-    try:
-        config = keras_vit.config_of(model)
-    except ValueError as error:
-        raise ExportError(f"{path}: {error}") from None
-    if config.num_channels != 3:
-        raise ExportError(f"{path}: export needs an RGB image input, the model takes {config.num_channels} channels.")
-    if not config.include_top:
-        raise ExportError(f"{path}: export needs a classifier (output [B, num_classes]); the model was built with include_top=False.")
+        else:
+            model_path = path
+        model = run_files.load_model(model_path)
+        config = run_files.classifier_config(model, str(model_path))
+    except run_files.ModelFileError as error:
+        raise ExportError(str(error)) from None
     if config.classifier_activation is not None:
         raise ExportError(
-            f"{path}: the model ends in classifier_activation={config.classifier_activation!r}; export expects "
+            f"{model_path}: the model ends in classifier_activation={config.classifier_activation!r}; export expects "
             "logits (classifier_activation=None, as `keras-vit train` builds)."
         )
-    return model
+    if facts is not None and list(facts["class_names"]) != list(config.class_names or facts["class_names"]):
+        raise ExportError(f"{run_dir / run_files.DATASET_FILE}'s class names differ from those {model_path.name} carries.")
+    return ExportSource(model_path=model_path, model=model, run_dir=run_dir, facts=facts, metrics=metrics)
 
 
 def synthetic_images(image_size, count=NUM_SYNTHETIC_IMAGES, seed=SYNTHETIC_SEED):
@@ -169,8 +136,11 @@ def images_from_path(path, src):
     path = pathlib.Path(path)
     if not path.exists():
         raise ExportError(f"Calibration data {path} does not exist.")
-    if path.is_dir() and (path / "dataset.json").is_file():
-        facts = _read_json(path / "dataset.json", required=True)
+    if path.is_dir() and run_files.is_run_folder(path):
+        try:
+            facts = run_files.read_json(path / run_files.DATASET_FILE)
+        except run_files.ModelFileError as error:
+            raise ExportError(f"Calibration data: {error}") from None
         return load_images(facts, "train", src.image_size, src.preprocessing)[0]
     if path.suffix == ".npy":
         images = np.load(path)

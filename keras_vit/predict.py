@@ -33,12 +33,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from keras_vit import console, labels
+from keras_vit import console, labels, run_files
 from keras_vit.preprocessing import ImageError, Preprocessing, decode_image, image_files, preprocess_input, resize_for_model
 
 COMMAND = "predict"
 RUNTIMES = ("keras", "saved_model", "tflite", "onnx")
-RUN_MODEL_FILE = "model.keras"  # a run folder's model, unless its metrics.json names another
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -128,44 +127,30 @@ def source_runtime(path):
 
 
 def _run_model_path(folder):
-    """The model file of a run folder: the one metrics.json names, else model.keras."""
+    """The model file of a run folder (`run_files.run_model_path`), with a hint for an
+    export folder given in place of its artifact."""
     from keras_vit.export.formats import REPORT_FILE
 
-    metrics_file = folder / "metrics.json"
-    name = RUN_MODEL_FILE
-    if metrics_file.is_file():
-        try:
-            name = json.loads(metrics_file.read_text()).get("model", RUN_MODEL_FILE)
-        except (json.JSONDecodeError, AttributeError) as error:
-            raise PredictError(f"{metrics_file} is not a valid metrics file: {error}") from None
-    if (folder / name).is_file():
-        return folder / name
-    if (folder / REPORT_FILE).is_file():
-        raise PredictError(f"{folder} is a `keras-vit export` folder: give its saved_model folder or one of its .tflite / .onnx files.")
-    raise PredictError(f"{folder} is a folder without {name}: give a training run folder, a SavedModel folder or a model file.")
+    try:
+        return run_files.run_model_path(folder)
+    except run_files.ModelFileError as error:
+        if (folder / REPORT_FILE).is_file():
+            raise PredictError(f"{folder} is a `keras-vit export` folder: give its saved_model folder or one of its .tflite / .onnx files.") from None
+        raise PredictError(f"{error} Give a training run folder, a SavedModel folder or a model file.") from None
 
 
 def _load_keras(path):
-    import keras
-
     try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as error:  # not a zip, unknown layers, a newer Keras ...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PredictError(f"{path} could not be loaded as a Keras model: {reason[:300]}") from None
+        return run_files.load_model(path)
+    except run_files.ModelFileError as error:
+        raise PredictError(str(error)) from None
 
 
 def _keras_predictor(model, description):
-    from keras_vit.config import config_of
-
     try:
-        config = config_of(model)
-    except ValueError as error:
-        raise PredictError(f"{description}: {error}") from None
-    if not config.include_top:
-        raise PredictError(f"{description} is a feature extractor (include_top=False): predict needs a classifier.")
-    if config.num_channels != 3:
-        raise PredictError(f"{description} takes {config.num_channels}-channel images; predict reads RGB files.")
+        config = run_files.classifier_config(model, description)
+    except run_files.ModelFileError as error:
+        raise PredictError(str(error)) from None
 
     def run(x):
         return np.asarray(model(x, training=False), np.float32)

@@ -435,7 +435,7 @@ def test_folder_that_is_not_a_run_folder_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "not a training run folder" in err
     (tmp_path / "dataset.json").write_text("{}")
     code, err = run_cli([tmp_path], capsys)
-    assert code == 2 and "without its model model.keras" in err
+    assert code == 2 and "is a folder without model.keras: an unfinished run" in err
 
 
 def test_non_keras_vit_model_is_refused(tmp_path, capsys):

@@ -19,7 +19,8 @@ import pathlib
 import shutil
 import tempfile
 
-FINISHED_MARKER = "metrics.json"
+from keras_vit import run_files
+
 BACKUP_DIR = "backup"
 
 
@@ -83,9 +84,9 @@ def prepare(run_dir, config_dict, overwrite=False):
     if overwrite:
         shutil.rmtree(run_dir)
         return "new"
-    if (run_dir / FINISHED_MARKER).is_file():
+    if (run_dir / run_files.METRICS_FILE).is_file():
         raise ValueError(
-            f"{str(run_dir)!r} already holds a finished run ({FINISHED_MARKER} exists). "
+            f"{str(run_dir)!r} already holds a finished run ({run_files.METRICS_FILE} exists). "
             "Pass --overwrite to replace it, or choose another --out."
         )
     saved = json.loads((run_dir / "config.json").read_text())

@@ -25,12 +25,12 @@ import time
 import keras
 
 import keras_vit
-from keras_vit import console, datasets, native_ops
+from keras_vit import console, datasets, native_ops, run_files
 from keras_vit.training import data as data_lib
 from keras_vit.training import recipe, run_folder
 from keras_vit.training.config import TrainConfig
 
-MODEL_FILE = "model.keras"
+MODEL_FILE = run_files.MODEL_FILE
 # What chooses the run's epoch and stops early: the validation loss. Accuracy on a validation
 # set of a few hundred images moves in steps of one image and ties for many epochs (the
 # first of them would win); the loss keeps ranking them.
@@ -306,7 +306,7 @@ def _write_run_facts(config, run_dir, model, facts):
     run_dir.mkdir(parents=True, exist_ok=True)
     run_folder.write_json(run_dir / "config.json", resolved)
     _write_yaml(run_dir / "config.yaml", resolved)
-    run_folder.write_json(run_dir / "dataset.json", facts)
+    run_folder.write_json(run_dir / run_files.DATASET_FILE, facts)
 
 
 def _fit(config, model, data, steps, callbacks):
@@ -363,7 +363,7 @@ def _finish(config, run_dir, data, strategy, throughput, fit_seconds, mode):
     }
     if history:
         run_folder.plot_curves(history, run_dir / "curves.png")
-    run_folder.write_json(run_dir / run_folder.FINISHED_MARKER, metrics)
+    run_folder.write_json(run_dir / run_files.METRICS_FILE, metrics)
     log(f"test accuracy {test['accuracy']:.4f} ({MODEL_FILE}, epoch {metrics['chosen_epoch']}, chosen by {chosen_by}); "
         f"run folder {run_dir}")
     return metrics
