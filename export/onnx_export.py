@@ -19,6 +19,7 @@ Model interface (plain and optimised alike): input `images` float32 [batch, H, W
 """
 
 import contextlib
+import logging
 import os
 
 import numpy as np
@@ -116,7 +117,7 @@ def quantize(proto):
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, _without_preprocessing_advice():
         output = os.path.join(folder, "int8.onnx")
         quantize_dynamic(
             proto,
@@ -128,6 +129,25 @@ def quantize(proto):
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         return onnx.load(output)
+
+
+class _PreprocessingAdvice(logging.Filter):
+    def filter(self, record):
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice():
+    """Drops the warning onnxruntime's quantizer logs through the root logger for every model
+    without its pre-processing mark. On the fused graph, `quant_pre_process` (as of
+    onnxruntime 1.32) changed neither the quantized ops nor the logits (0.0 difference on the
+    quickstart model), and every quantized export is verified against Keras."""
+    advice = _PreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(advice)
 
 
 def describe(path):

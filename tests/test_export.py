@@ -7,6 +7,7 @@ quantization) to check the int8 numbers on the real test split.
 """
 
 import json
+import logging
 import pathlib
 import subprocess
 import sys
@@ -341,7 +342,7 @@ def test_tflite_int8_quantizes_the_matmuls_and_full_int8_every_op_close_to_keras
         assert np.abs(logits - expected).max() > 1e-3  # quantized, not the float graph again
 
 
-def test_onnx_quantize_runs_the_matmuls_in_int8_close_to_float(tmp_path):
+def test_onnx_quantize_runs_the_matmuls_in_int8_close_to_float(tmp_path, caplog):
     """`onnx_export.quantize` on the fused graph of a two-block model: int8 weights and
     matmuls (the full block's attention as QAttention), LayerNorm / GELU / softmax in float;
     logits close to Keras' (measured: 4% of the logit scale, 97% top-1 on these images)."""
@@ -349,7 +350,11 @@ def test_onnx_quantize_runs_the_matmuls_in_int8_close_to_float(tmp_path):
 
     model = trained_like_vit()
     fused, _ = onnx_export.optimize(onnx_export.convert(model))
+    root_filters = list(logging.getLogger().filters)
     quantized = onnx_export.quantize(fused)
+    # onnxruntime's advice to pre-process, logged for every model, is not shown (nor kept off later).
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
+    assert logging.getLogger().filters == root_filters
     ops = op_counts(quantized)
     assert ops["MatMulInteger"] >= 4 and ops["com.microsoft:QAttention"] == 1 and ops["DynamicQuantizeLinear"] >= 4
     assert ops["LayerNormalization"] == 5 and ops["com.microsoft:Gelu"] == 2
