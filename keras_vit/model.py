@@ -168,8 +168,8 @@ def build_vit(config, input_tensor=None, name="vit"):
 
 class _FromWeights:
     """Default of the options a checkpoint decides when `weights` is given (its classifier
-    size, its pre-logits layer, its pooling head); without `weights` they fall back to
-    1000, None and "token"."""
+    size, its pre-logits layer, its pooling head; for named weights, also the image size
+    they were trained at); without `weights` they fall back to 1000, None, "token" and 224."""
 
     def __repr__(self):
         return "FROM_WEIGHTS"
@@ -179,6 +179,9 @@ FROM_WEIGHTS = _FromWeights()
 
 
 def _resolve_image_size(image_size, input_shape, default):
+    """((height, width) or an int, channels) from `image_size` or `input_shape`; `default`
+    when neither is given."""
+    image_size = None if image_size is FROM_WEIGHTS else image_size
     if input_shape is not None:
         if len(input_shape) != 3:
             raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}.")
@@ -199,13 +202,15 @@ def _build_with_weights(config, weights, explicit, input_tensor, name):
         carried = {"preprocessing": entry.preprocessing}
         if entry.labels is not None and config.include_top and config.num_classes == entry.num_classes:
             carried["labels"] = entry.labels
+        if "image_size" not in explicit:  # as keras.applications: the size the weights were trained at
+            carried["image_size"] = entry.image_size
         config = config.replace(**{key: value for key, value in carried.items() if key not in explicit})
     model = build_vit(config, input_tensor=input_tensor, name=name)
     return load_checkpoint(model, checkpoint)
 
 
 def VisionTransformer(
-    image_size=224,
+    image_size=FROM_WEIGHTS,
     patch_size=16,
     hidden_dim=768,
     num_layers=12,
@@ -229,6 +234,8 @@ def VisionTransformer(
 
     Args:
         image_size: int or (height, width); every side a multiple of `patch_size`.
+            Default 224, or the size named weights were trained at (518 for DINOv2);
+            with another size, the checkpoint's position embedding is resized.
         patch_size: int or (height, width) of the square patches cut by the stem.
         hidden_dim, num_layers, num_heads, mlp_dim: width, depth, heads, MLP size.
         num_classes: classifier outputs (with `include_top`); default 1000, or the
@@ -263,6 +270,8 @@ def VisionTransformer(
     explicit |= {"mlp_activation"} if "gelu_approximate" in options else set()
     passed = (("num_classes", num_classes), ("representation_size", representation_size), ("pooling", pooling))
     explicit |= {key for key, value in passed if value is not FROM_WEIGHTS}
+    if image_size is not FROM_WEIGHTS or input_shape is not None or input_tensor is not None:
+        explicit.add("image_size")
     size, channels = _resolve_image_size(image_size, input_shape, 224)
     config = ViTConfig(
         image_size=size,
@@ -297,7 +306,8 @@ Args:
     weights: None, a checkpoint path or URL, or a weights name of this variant
         (`keras_vit.weights.available_weights("{variant}")`).
     input_shape: (height, width, channels), or use `image_size`.
-    image_size: int or (height, width), multiples of {patch}; default 224.
+    image_size: int or (height, width), multiples of {patch}; default 224, or the size
+        named `weights` were trained at.
     pooling: "token", "gap", "map", or None (token sequence, with include_top=False);
         default "token", or the head of `weights`.
     num_classes: classifier outputs; default 1000, or the classifier of `weights`.
@@ -313,7 +323,7 @@ def _variant(variant, include_top, weights, input_shape, image_size, pooling, nu
     resolved_size, channels = _resolve_image_size(image_size, input_shape, 224)
     options = {**MODEL_SIZES[size], "patch_size": patch, "num_channels": channels, **overrides}
     return VisionTransformer(
-        image_size=resolved_size,
+        image_size=FROM_WEIGHTS if image_size is None and input_shape is None else resolved_size,
         num_classes=num_classes,
         include_top=include_top,
         pooling=pooling,

@@ -352,7 +352,10 @@ def add_source_arguments(parser, batch_size):
     parser.add_argument("paths", nargs="*", metavar="SOURCE IMAGES", help=argparse.SUPPRESS)
     parser.add_argument("--model", metavar="VARIANT", help="a named variant (ViTB16, ...), with --weights instead of SOURCE")
     parser.add_argument("--weights", metavar="NAME_OR_PATH", help="the variant's weights: a name (keras_vit.weights.available_weights()) or a checkpoint")
-    parser.add_argument("--image-size", type=int, metavar="N", help="with --model: the input side (default: the variant's, 224)")
+    parser.add_argument(
+        "--image-size", type=int, metavar="N",
+        help="with --model: the input side (default: the size the weights were trained at; 224 for a checkpoint file)",
+    )
     parser.add_argument("--batch-size", type=int, default=batch_size, metavar="N", help=f"images per model call (default {batch_size})")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log lines")
 

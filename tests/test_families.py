@@ -352,6 +352,31 @@ def test_named_family_weights_carry_their_preprocessing_labels_and_options(fixtu
     assert relabelled.vit_config.labels is None
 
 
+def test_named_weights_build_at_the_size_they_were_trained_at_unless_told(fixtures_dir, tmp_path, monkeypatch):
+    """As keras.applications: without `image_size` (or `input_shape`), named weights decide
+    the image size (their entry's); a size given is kept, the position embedding resized."""
+    monkeypatch.setattr(named, "weights_cache_dir", lambda: str(tmp_path / "cache"))
+    url = (fixtures_dir / "timm_vit/i32_p4_deit3/model.safetensors").resolve().as_uri()
+    options = {"layer_scale_init": 0.1}
+    entries = {"tiny_deit3": named.NamedWeights(url, "timm", 10, 32, "tiny DeiT-3", options, keras_vit.Preprocessing()),
+               "tiny_deit3_48": named.NamedWeights(url, "timm", 10, 48, "tiny DeiT-3 at 48", options, keras_vit.Preprocessing())}
+    monkeypatch.setitem(named.PRETRAINED_WEIGHTS, None, entries)
+    sizes = {key: value for key, value in BASE.items() if key != "image_size"}
+
+    model = keras_vit.VisionTransformer(weights="tiny_deit3", **sizes)
+    assert model.vit_config.image_size == (32, 32)
+    folder, images = _fixture(fixtures_dir, "i32_p4_deit3")
+    assert np.abs(model.predict(images, verbose=0) - np.load(folder / "logits.npy")).max() <= TOLERANCE
+    stated = keras_vit.VisionTransformer(weights="tiny_deit3_48", **sizes)
+    assert stated.vit_config.image_size == (48, 48) and stated.input_shape == (None, 48, 48, 3)
+    assert stated.get_layer("position_embedding").embedding.shape == (1, 12 * 12, 64)  # DeiT-3: grid rows only
+    assert keras_vit.VisionTransformer(weights="tiny_deit3_48", image_size=40, **sizes).vit_config.image_size == (40, 40)
+    assert keras_vit.VisionTransformer(weights="tiny_deit3_48", input_shape=(36, 36, 3), **sizes).vit_config.image_size == (36, 36)
+    assert keras_vit.VisionTransformer(**sizes).vit_config.image_size == (224, 224)  # no weights: 224
+    assert keras_vit.VisionTransformer(weights=str(fixtures_dir / "timm_vit/i32_p4_deit3/model.safetensors"), **sizes,
+                                       layer_scale_init=0.1).vit_config.image_size == (224, 224)  # a file states no size
+
+
 def test_what_a_named_entry_states_is_neither_overridden_nor_warned_about(fixtures_dir, tmp_path, monkeypatch, caplog):
     """An entry's epsilon other than its format's (as timm's CLIP fine-tunes state 1e-5) is
     the model's, by `weights=` and by `load_weights`, with no warning that it differs."""
