@@ -15,13 +15,16 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from report import facts_markdown, machine_facts, write_section  # noqa: E402
 
+from keras_vit import run_files  # noqa: E402
+from keras_vit.export import formats  # noqa: E402
+
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     run_dir = pathlib.Path(argv[0] if argv else "runs/quickstart")
-    report_path = run_dir / "export" / "export_report.json"
+    report_path = run_dir / "export" / formats.REPORT_FILE
     if not report_path.exists():
-        if not (run_dir / "metrics.json").exists():
+        if not (run_dir / run_files.METRICS_FILE).exists():
             print(f"{run_dir} is not a finished run: run `make quickstart` first.", file=sys.stderr)
             return 2
         from keras_vit.export import cli

@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from report import facts_markdown, machine_facts, markdown_table, write_section  # noqa: E402
 
-from keras_vit import console  # noqa: E402
+from keras_vit import console, run_files  # noqa: E402
 from keras_vit.export import formats  # noqa: E402
 
 # The quickstart's own options, and a ViT-Ti-width model (the size) on the digits at 32 px.
@@ -41,7 +41,7 @@ def trained_run(folder, options):
     from keras_vit.quickstart import QUICKSTART_OPTIONS
     from keras_vit.training.train import train
 
-    if not (folder / "metrics.json").is_file():
+    if not (folder / run_files.METRICS_FILE).is_file():
         log(f"training {folder}")
         train({**QUICKSTART_OPTIONS, **options, "out": str(folder), "overwrite": True, "verbose": 2})
     return folder

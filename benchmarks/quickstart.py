@@ -16,6 +16,8 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from report import facts_markdown, machine_facts, markdown_table, write_section  # noqa: E402
 
+from keras_vit import run_files  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RECORDED_OPTIONS = ("epochs", "batch_size", "learning_rate", "weight_decay", "label_smoothing", "crop_scale_min", "ema_momentum")
 
@@ -34,7 +36,7 @@ def main(argv=None):
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     wall = time.perf_counter() - start
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / run_files.METRICS_FILE).read_text())
     config = json.loads((out / "config.json").read_text())
     row = {
         "test accuracy": f"{metrics['test_accuracy']:.4f}",

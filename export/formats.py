@@ -14,3 +14,4 @@ ONNX_OPTIMIZED_FILE_NAME = "model_optimized.onnx"
 ONNX_INT8_FILE_NAME = "model_int8.onnx"
 SAVED_MODEL_DIR = "saved_model"
 REPORT_FILE = "export_report.json"
+REPORT_MARKDOWN_FILE = "export_report.md"  # the same rows as a table

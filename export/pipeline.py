@@ -39,6 +39,7 @@ from keras_vit.export.formats import (
     ONNX_OPTIMIZED_FILE_NAME,
     QUANTIZATIONS,
     REPORT_FILE,
+    REPORT_MARKDOWN_FILE,
     SAVED_MODEL_DIR,
     TFLITE_FILE_NAMES,
 )
@@ -141,7 +142,7 @@ def export(
         _move_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log(f"{'all artifacts verified' if result['passed'] else 'SOME ARTIFACTS FAILED'}; report in {out_dir / 'export_report.md'}")
+    log(f"{'all artifacts verified' if result['passed'] else 'SOME ARTIFACTS FAILED'}; report in {out_dir / REPORT_MARKDOWN_FILE}")
     return result
 
 

@@ -2,7 +2,7 @@
 
 import json
 
-from keras_vit.export.formats import REPORT_FILE
+from keras_vit.export.formats import REPORT_FILE, REPORT_MARKDOWN_FILE
 
 COLUMNS = (
     ("artifact", "artifact"),
@@ -137,4 +137,4 @@ def markdown(report):
 def write(report, folder):
     """Writes `export_report.json` and `export_report.md` into `folder`."""
     (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "export_report.md").write_text(markdown(report))
+    (folder / REPORT_MARKDOWN_FILE).write_text(markdown(report))
