@@ -196,15 +196,19 @@ def test_resume_after_killing_a_real_training_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_quickstart_reaches_97_percent_on_held_out_digits(tmp_path):
+def test_quickstart_reaches_95_5_percent_on_held_out_digits(tmp_path):
     """The quickstart's model, chosen on its held-out validation share, on the 360 test digits.
-    Across seeds and runs it measured 97.2-99.4% (docs/benchmarks.md, "Measured facts"; one
-    image is 0.28 points): 97% guards against a broken recipe, not against that spread."""
+    Runs differ (the random crop runs in a parallel tf.data map, sums differ between CPUs) and
+    one image is 0.28 points: ten runs of this recipe (seeds 0 and 1, two CPUs) measured
+    96.7-99.4%, mean 98.3%, standard deviation 0.8 points (docs/benchmarks.md, "Measured
+    facts"). The bound sits over 3 deviations below the mean: it fails on a broken recipe, not
+    on that spread (a 97% bound failed CI once, at 96.67%). The 144 validation digits
+    (96.5-97.2% in three of those runs) get a bound as far below."""
     from keras_vit import quickstart
 
     assert quickstart.main(["--out", str(tmp_path / "quickstart"), "--skip-export"]) == 0
     metrics = json.loads((tmp_path / "quickstart" / "metrics.json").read_text())
-    assert metrics["test_accuracy"] >= 0.97 and metrics["validation_accuracy"] >= 0.95, metrics
+    assert metrics["test_accuracy"] >= 0.955 and metrics["validation_accuracy"] >= 0.92, metrics
 
 
 def test_fine_tuning_starts_from_the_checkpoint(tmp_path, fixtures_dir):
