@@ -13,6 +13,9 @@ built (or in mixed precision) the GELU runs as two XLA kernels. The gains are me
 
 Only `training=True` calls use them: the model's inference graph, and so every export,
 keeps the `keras.ops` spelling in `keras_vit.layers`, which other backends use throughout.
+The kernels' gradient ops have no gradient of their own: a second-order gradient through
+them (a gradient penalty, double backprop) differentiates the same function written in
+TensorFlow ops instead (`_differentiable_gradient`), which costs what those ops cost.
 The size check is only in graphs whose image size is dynamic (never in a fixed-size export).
 """
 
@@ -84,10 +87,10 @@ def layer_norm(x, gamma, beta, epsilon):
     def normalize(x, gamma, beta):
         y, mean, inv_std = library.keras_vit_layer_norm(x, gamma, beta, epsilon=epsilon)
 
-        def grad(dy):
+        def kernel_gradient(dy):
             return library.keras_vit_layer_norm_grad(dy, x, mean, inv_std, gamma)
 
-        return y, grad
+        return y, _differentiable_gradient(kernel_gradient, functools.partial(_layer_norm, epsilon=epsilon), x, gamma, beta)
 
     return normalize(*map(tf.convert_to_tensor, (x, gamma, beta)))  # tensors, as in split_heads
 
@@ -105,10 +108,11 @@ def split_heads(qkv, bias, num_heads, query_scale):
     def split(qkv, bias):
         query, key, value = library.keras_vit_split_heads(qkv, bias, num_heads=num_heads, query_scale=query_scale)
 
-        def grad(d_query, d_key, d_value):
+        def kernel_gradient(d_query, d_key, d_value):
             return library.keras_vit_split_heads_grad(d_query, d_key, d_value, query_scale=query_scale)
 
-        return (query, key, value), grad
+        reference = functools.partial(_split_heads, num_heads=num_heads, query_scale=query_scale)
+        return (query, key, value), _differentiable_gradient(kernel_gradient, reference, qkv, bias)
 
     # Tensors, not variables: a custom gradient handles variables that it is given differently.
     return split(tf.convert_to_tensor(qkv), tf.convert_to_tensor(bias))
@@ -131,10 +135,11 @@ def attention(qkv, bias, num_heads, query_scale):
             qkv, bias, num_heads=num_heads, query_scale=query_scale
         )
 
-        def grad(d_context):
+        def kernel_gradient(d_context):
             return library.keras_vit_attention_grad(d_context, qkv, bias, probabilities, query_scale=query_scale)
 
-        return context, grad
+        reference = functools.partial(_attention, num_heads=num_heads, query_scale=query_scale)
+        return context, _differentiable_gradient(kernel_gradient, reference, qkv, bias)
 
     return attend(tf.convert_to_tensor(qkv), tf.convert_to_tensor(bias))  # tensors, as in split_heads
 
@@ -149,7 +154,10 @@ def bias_gelu(h, bias):
 
     @tf.custom_gradient
     def activate(h, bias):
-        return library.keras_vit_bias_gelu(h, bias), lambda dy: library.keras_vit_bias_gelu_grad(dy, h, bias)
+        def kernel_gradient(dy):
+            return library.keras_vit_bias_gelu_grad(dy, h, bias)
+
+        return library.keras_vit_bias_gelu(h, bias), _differentiable_gradient(kernel_gradient, _bias_gelu, h, bias)
 
     return activate(tf.convert_to_tensor(h), tf.convert_to_tensor(bias))  # tensors, as in split_heads
 
@@ -164,9 +172,82 @@ def softmax(x):
     @tf.custom_gradient
     def normalize(x):
         probabilities = tf.nn.softmax(x)
-        return probabilities, lambda dy: library.keras_vit_softmax_grad(probabilities, dy)
+
+        def kernel_gradient(dy):
+            return library.keras_vit_softmax_grad(probabilities, dy)
+
+        return probabilities, _differentiable_gradient(kernel_gradient, tf.nn.softmax, x)
 
     return normalize(x)
+
+
+def _differentiable_gradient(kernel_gradient, reference, *inputs):
+    """The gradient function of a compiled kernel, made differentiable.
+
+    kernel_gradient(*upstream) -> the gradients of `inputs` (the kernel's gradient op, which
+    has no gradient of its own); reference(*inputs): the kernel's function in TensorFlow
+    ops. The returned function gives kernel_gradient's values; its own gradient (a
+    second-order gradient) is that of the reference's gradient, taken by TensorFlow. First-
+    order training pays only an identity op per tensor for it.
+    """
+    import tensorflow as tf
+
+    zero = tf.UnconnectedGradients.ZERO
+
+    def gradient(*upstream):
+        count = len(upstream)
+
+        @tf.custom_gradient
+        def first_order(*tensors):  # the upstream gradients, then the inputs
+            def second_order(*d_gradients):
+                dys, xs = list(tensors[:count]), list(tensors[count:])
+                with tf.GradientTape() as outer:
+                    outer.watch(tensors)
+                    with tf.GradientTape() as inner:
+                        inner.watch(xs)
+                        outputs = tf.nest.flatten(reference(*xs))
+                    gradients = inner.gradient(outputs, xs, dys, unconnected_gradients=zero)
+                d_gradients = [tf.zeros_like(g) if d is None else d for g, d in zip(gradients, d_gradients)]
+                return outer.gradient(gradients, list(tensors), d_gradients, unconnected_gradients=zero)
+
+            return tf.nest.flatten(kernel_gradient(*tensors[:count])), second_order
+
+        return first_order(*upstream, *inputs)
+
+    return gradient
+
+
+# The kernels' functions in TensorFlow ops, differentiated only for second-order gradients.
+
+
+def _layer_norm(x, gamma, beta, epsilon):
+    import tensorflow as tf
+
+    centered = x - tf.reduce_mean(x, axis=-1, keepdims=True)
+    return centered * tf.math.rsqrt(tf.reduce_mean(tf.square(centered), axis=-1, keepdims=True) + epsilon) * gamma + beta
+
+
+def _split_heads(qkv, bias, num_heads, query_scale):
+    import tensorflow as tf
+
+    batch, tokens = tf.shape(qkv)[0], tf.shape(qkv)[1]
+    heads = tf.reshape(qkv + bias, [batch, tokens, 3, num_heads, qkv.shape[-1] // (3 * num_heads)])
+    query, key, value = tf.unstack(tf.transpose(heads, [2, 0, 3, 1, 4]))
+    return query * query_scale, key, value
+
+
+def _attention(qkv, bias, num_heads, query_scale):
+    import tensorflow as tf
+
+    query, key, value = _split_heads(qkv, bias, num_heads, query_scale)
+    context = tf.matmul(tf.nn.softmax(tf.matmul(query, key, transpose_b=True)), value)  # [B, heads, T, head_dim]
+    return tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [tf.shape(qkv)[0], tf.shape(qkv)[1], qkv.shape[-1] // 3])
+
+
+def _bias_gelu(h, bias):
+    import tensorflow as tf
+
+    return tf.nn.gelu(h + bias, approximate=False)
 
 
 def assert_multiple_of(images, patch_size, message):

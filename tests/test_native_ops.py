@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_vit
+from conftest import randomise, tiny_vit
 
 from keras_vit import layers, native_ops, tensorflow_kernels
 
@@ -127,6 +127,61 @@ def test_bias_gelu_kernel_is_the_exact_gelu_of_the_biased_input_with_autodiff_gr
     )
 
 
+def _gradient_penalty_gradients(fn, *inputs):
+    """The gradients for every input of a gradient penalty: the squared gradients of a
+    non-trivial loss of fn's outputs (second-order gradients through fn). Tensors in, tensors
+    out: eager, or traced by tf.function."""
+    with tf.GradientTape() as outer:
+        outer.watch(inputs)
+        with tf.GradientTape() as inner:
+            inner.watch(inputs)
+            outputs = tf.nest.flatten(fn(*inputs))
+            loss = sum(tf.reduce_sum(out * tf.cos(out + i)) for i, out in enumerate(outputs))
+        penalty = sum(tf.reduce_sum(tf.square(g)) for g in inner.gradient(loss, inputs))
+    return outer.gradient(penalty, inputs)
+
+
+def _kernels_and_formulas():
+    """(name, a kernel, the same function in TensorFlow ops as the tests above spell it, inputs)."""
+    heads, head_dim, scale = 2, 5, 1 / math.sqrt(5)
+    qkv = RNG.normal(size=(2, 9, 3 * heads * head_dim)).astype("float32")
+    bias = RNG.normal(size=3 * heads * head_dim).astype("float32")
+    x = RNG.normal(1.0, 2.0, size=(4, 11)).astype("float32")
+    gamma, beta = RNG.normal(size=11).astype("float32"), RNG.normal(size=11).astype("float32")
+
+    def layer_norm(x, g, b):
+        mean = tf.reduce_mean(x, -1, keepdims=True)
+        return (x - mean) / tf.sqrt(tf.reduce_mean(tf.square(x - mean), -1, keepdims=True) + 1e-6) * g + b
+
+    def split_heads(qkv, bias):
+        parts = tf.transpose(tf.reshape(qkv + bias, (2, 9, 3, heads, head_dim)), (2, 0, 3, 1, 4))
+        return parts[0] * scale, parts[1], parts[2]
+
+    def bias_gelu(h, bias):
+        return 0.5 * (h + bias) * (1.0 + tf.math.erf((h + bias) / math.sqrt(2.0)))
+
+    return [
+        ("layer_norm", lambda *t: tensorflow_kernels.layer_norm(*t, 1e-6), layer_norm, (x, gamma, beta)),
+        ("softmax", tensorflow_kernels.softmax, tf.nn.softmax, (RNG.normal(0.0, 2.0, size=(2, 3, 7)).astype("float32"),)),
+        ("split_heads", lambda *t: tensorflow_kernels.split_heads(*t, heads, scale), split_heads, (qkv, bias)),
+        ("attention", lambda *t: tensorflow_kernels.attention(*t, heads, scale),
+         lambda *t: _attention_reference(*t, heads, scale), (qkv, bias)),
+        ("bias_gelu", tensorflow_kernels.bias_gelu, bias_gelu, (x, gamma)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5), ids=["layer_norm", "softmax", "split_heads", "attention", "bias_gelu"])
+def test_second_order_gradients_through_every_kernel_are_the_formulas(case):
+    """A gradient penalty differentiates the kernels' gradient ops, eagerly and in a graph."""
+    _, kernel, formula, inputs = _kernels_and_formulas()[case]
+    inputs = [tf.constant(v) for v in inputs]
+    expected = [g.numpy() for g in _gradient_penalty_gradients(formula, *inputs)]
+    eager = [g.numpy() for g in _gradient_penalty_gradients(kernel, *inputs)]
+    in_graph = [g.numpy() for g in tf.function(lambda *t: _gradient_penalty_gradients(kernel, *t))(*inputs)]
+    _assert_all_close(eager, expected, tolerance=1e-4)
+    _assert_all_close(in_graph, expected, tolerance=1e-4)
+
+
 def test_kernels_name_mismatched_shapes():
     library = native_ops.load()
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"gamma of shape \[D\]; got x \[2,8\] and gamma \[7\]"):
@@ -210,6 +265,34 @@ def test_training_with_the_kernels_gives_the_losses_and_weights_of_keras_ops(mon
     assert results[True][0][2] < results[True][0][0]  # it learns
     for a, b in zip(results[True][1], results[False][1]):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_gradient_penalty_on_a_training_call_matches_keras_ops(monkeypatch):
+    """Double backprop through a whole model in training mode (the penalty on the gradient
+    with respect to the images, as in WGAN-GP or input-gradient regularisation), in a
+    tf.function: with the compiled kernels, the weights' gradients are those of keras.ops."""
+    images = tf.constant(np.random.default_rng(2).uniform(-1, 1, size=(4, 16, 16, 3)).astype("float32"))
+    results = {}
+    for native in (True, False):
+        monkeypatch.setattr(tensorflow_kernels, "native_kernels_available", lambda native=native: native)
+        model = randomise(tiny_vit(seed=3), seed=4)
+
+        @tf.function
+        def penalty_gradients(images, model=model):
+            with tf.GradientTape() as outer:
+                with tf.GradientTape() as inner:
+                    inner.watch(images)
+                    logits = model(images, training=True)
+                    score = tf.reduce_sum(tf.nn.log_softmax(logits)[:, 0])
+                penalty = tf.reduce_sum(tf.square(inner.gradient(score, images)))
+            return penalty, outer.gradient(penalty, model.trainable_variables)
+
+        ops = {op.type for op in penalty_gradients.get_concrete_function(images).graph.get_operations()}
+        assert ("KerasVitAttentionGrad" in ops) == native
+        penalty, gradients = penalty_gradients(images)
+        results[native] = [penalty.numpy()] + [g.numpy() for g in gradients]
+    assert results[True][0] > 0
+    _assert_all_close(results[True], results[False], tolerance=1e-4)
 
 
 def _train_graph_ops(model, images, labels):
