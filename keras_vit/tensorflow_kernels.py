@@ -188,7 +188,7 @@ def _differentiable_gradient(kernel_gradient, reference, *inputs):
     has no gradient of its own); reference(*inputs): the kernel's function in TensorFlow
     ops. The returned function gives kernel_gradient's values; its own gradient (a
     second-order gradient) is that of the reference's gradient, taken by TensorFlow. First-
-    order training pays only an identity op per tensor for it.
+    order training pays an identity op per tensor for it (docs/benchmarks.md, "Measured facts").
     """
     import tensorflow as tf
 
