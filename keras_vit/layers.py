@@ -18,11 +18,15 @@ from keras_vit.resize import resize_position_embedding_in_graph
 register = keras.saving.register_keras_serializable(package="keras_vit")
 
 # Initialisers of the original implementation (vit_jax); the tokens that must differ from
-# each other from the start (registers, distillation, MAP latent) as timm's.
+# each other from the start (registers, distillation, MAP latent) as timm's. Configs, not
+# instances: Keras builds a new initialiser from each use, seeded when the layer is made, so
+# that `keras.utils.set_random_seed` decides every weight and no two layers share draws (an
+# instance made at import time keeps one seed of its own, the same values for every weight
+# of a shape and different ones in every process).
 DENSE_KERNEL_INIT = "glorot_uniform"
-MLP_BIAS_INIT = keras.initializers.RandomNormal(stddev=1e-6)
-POSITION_INIT = keras.initializers.RandomNormal(stddev=0.02)
-TOKEN_INIT = keras.initializers.RandomNormal(stddev=0.02)
+MLP_BIAS_INIT = {"class_name": "RandomNormal", "config": {"stddev": 1e-6}}
+POSITION_INIT = {"class_name": "RandomNormal", "config": {"stddev": 0.02}}
+TOKEN_INIT = {"class_name": "RandomNormal", "config": {"stddev": 0.02}}
 
 
 def mlp_activation(x, name="gelu", training=False):

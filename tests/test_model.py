@@ -104,6 +104,36 @@ def test_inference_is_deterministic_and_dropout_and_drop_path_only_act_in_traini
     assert np.abs(trained - first).max() > 1e-3
 
 
+_INIT_SCRIPT = """
+import keras, numpy as np, keras_vit
+keras.utils.set_random_seed(0)
+model = keras_vit.VisionTransformer(image_size=16, patch_size=4, hidden_dim=32, num_layers=2, num_heads=2,
+                                    mlp_dim=64, num_classes=3, num_register_tokens=2)
+np.savez(OUT, **{v.path.replace("/", "|"): v.numpy() for v in model.weights})
+"""
+
+
+def test_set_random_seed_decides_every_initial_weight_across_processes(tmp_path):
+    """`keras.utils.set_random_seed(0)` then a model, in two fresh processes: the same weights,
+    the random-normal ones (position embedding, registers, MLP biases) included; and the two
+    blocks' MLP biases are drawn apart (an initialiser made at import time kept its own seed:
+    different in every process, the same draw for every bias of a shape)."""
+    import subprocess
+    import sys
+
+    weights = []
+    for run in range(2):
+        out = tmp_path / f"weights{run}.npz"
+        subprocess.run([sys.executable, "-c", _INIT_SCRIPT.replace("OUT", repr(str(out)))], check=True, capture_output=True)
+        weights.append(dict(np.load(out)))
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        np.testing.assert_array_equal(weights[0][name], weights[1][name], err_msg=name)
+    biases = [weights[0][name] for name in sorted(weights[0]) if name.endswith("mlp_dense_1|bias")]
+    assert len(biases) == 2 and not np.array_equal(biases[0], biases[1])
+    assert any("register" in name for name in weights[0])
+
+
 def test_drop_path_rate_grows_linearly_over_the_blocks():
     model = tiny(num_layers=3, drop_path_rate=0.2)
     rates = [model.get_layer(f"encoder_block_{i}").drop_path_rate for i in range(3)]
