@@ -320,10 +320,10 @@ Args:
 
 def _variant(variant, include_top, weights, input_shape, image_size, pooling, num_classes, classifier_activation, name, input_tensor, overrides):
     size, patch = VARIANTS[variant]
-    resolved_size, channels = _resolve_image_size(image_size, input_shape, 224)
-    options = {**MODEL_SIZES[size], "patch_size": patch, "num_channels": channels, **overrides}
+    options = {**MODEL_SIZES[size], "patch_size": patch, **overrides}
     return VisionTransformer(
-        image_size=FROM_WEIGHTS if image_size is None and input_shape is None else resolved_size,
+        image_size=FROM_WEIGHTS if image_size is None else image_size,
+        input_shape=input_shape,
         num_classes=num_classes,
         include_top=include_top,
         pooling=pooling,

@@ -56,18 +56,42 @@ def _assert_all_close(ours, theirs, tolerance=1e-5):
         np.testing.assert_allclose(a, b, atol=tolerance * max(1.0, np.abs(b).max()), rtol=tolerance)
 
 
+# The kernels' functions as formulas in TensorFlow ops, differentiated op by op by TensorFlow.
+
+
+def _layer_norm_formula(x, gamma, beta):
+    mean = tf.reduce_mean(x, -1, keepdims=True)
+    return (x - mean) / tf.sqrt(tf.reduce_mean(tf.square(x - mean), -1, keepdims=True) + 1e-6) * gamma + beta
+
+
+def _split_heads_reference(qkv, bias, heads, scale):
+    """Bias, transpose, split and the query's scale: q, k, v [B, heads, T, head_dim]."""
+    batch, tokens, width = qkv.shape
+    parts = tf.transpose(tf.reshape(qkv + bias, (batch, tokens, 3, heads, width // (3 * heads))), (2, 0, 3, 1, 4))
+    return parts[0] * scale, parts[1], parts[2]
+
+
+def _attention_reference(qkv, bias, heads, scale):
+    """TensorFlow's ops, as `layers._attend` runs them: the heads, both products, the softmax."""
+    batch, tokens, width = qkv.shape
+    query, key, value = _split_heads_reference(qkv, bias, heads, scale)
+    probabilities = tf.nn.softmax(tf.einsum("bhqd,bhkd->bhqk", query, key))
+    context = tf.einsum("bhqk,bhkd->bhqd", probabilities, value)
+    return tf.reshape(tf.transpose(context, (0, 2, 1, 3)), (batch, tokens, width // 3))
+
+
+def _bias_gelu_formula(h, bias):
+    x = h + bias
+    return 0.5 * x * (1.0 + tf.math.erf(x / math.sqrt(2.0)))
+
+
 @pytest.mark.parametrize("shape", [(3, 70, 37), (5, 192), (1, 1, 8)])  # 210 rows: 4 blocks, the last part-full
 def test_layer_norm_kernels_give_the_formula_and_its_autodiff_gradients(shape):
     x = RNG.normal(2.0, 3.0, size=shape).astype("float32")
     gamma, beta = RNG.normal(size=shape[-1:]).astype("float32"), RNG.normal(size=shape[-1:]).astype("float32")
-
-    def formula(x, g, b):  # differentiated op by op by TensorFlow
-        mean = tf.reduce_mean(x, -1, keepdims=True)
-        return (x - mean) / tf.sqrt(tf.reduce_mean(tf.square(x - mean), -1, keepdims=True) + 1e-6) * g + b
-
     _assert_all_close(
         _value_and_gradients(lambda *t: tensorflow_kernels.layer_norm(*t, 1e-6), x, gamma, beta),
-        _value_and_gradients(formula, x, gamma, beta),
+        _value_and_gradients(_layer_norm_formula, x, gamma, beta),
     )
 
 
@@ -84,23 +108,9 @@ def test_split_heads_kernel_is_bias_transpose_split_and_scale_with_their_gradien
     qkv = RNG.normal(size=(batch, tokens, 3 * heads * head_dim)).astype("float32")
     bias = RNG.normal(size=3 * heads * head_dim).astype("float32")
     scale = 1 / math.sqrt(head_dim)
-
-    def reference(qkv, bias):
-        parts = tf.transpose(tf.reshape(qkv + bias, (batch, tokens, 3, heads, head_dim)), (2, 0, 3, 1, 4))
-        return parts[0] * scale, parts[1], parts[2]
-
     ours = _value_and_gradients(lambda *t: tensorflow_kernels.split_heads(*t, heads, scale), qkv, bias)
-    _assert_all_close(ours, _value_and_gradients(reference, qkv, bias))
+    _assert_all_close(ours, _value_and_gradients(lambda *t: _split_heads_reference(*t, heads, scale), qkv, bias))
     assert ours[0].shape == (batch, heads, tokens, head_dim)
-
-
-def _attention_reference(qkv, bias, heads, scale):
-    """TensorFlow's ops, as `layers._attend` runs them: the heads, both products, the softmax."""
-    batch, tokens, width = qkv.shape
-    parts = tf.transpose(tf.reshape(qkv + bias, (batch, tokens, 3, heads, width // (3 * heads))), (2, 0, 3, 1, 4))
-    probabilities = tf.nn.softmax(tf.einsum("bhqd,bhkd->bhqk", parts[0] * scale, parts[1]))
-    context = tf.einsum("bhqk,bhkd->bhqd", probabilities, parts[2])
-    return tf.reshape(tf.transpose(context, (0, 2, 1, 3)), (batch, tokens, width // 3))
 
 
 @pytest.mark.parametrize("batch, tokens, heads, head_dim", [(3, 65, 3, 16), (2, 1, 1, 8), (1, 17, 4, 5)])
@@ -117,13 +127,8 @@ def test_attention_kernel_is_heads_products_and_softmax_with_their_gradients(bat
 def test_bias_gelu_kernel_is_the_exact_gelu_of_the_biased_input_with_autodiff_gradients(shape):
     h = RNG.normal(0.0, 3.0, size=shape).astype("float32")
     bias = RNG.normal(size=shape[-1:]).astype("float32")
-
-    def formula(h, bias):
-        x = h + bias
-        return 0.5 * x * (1.0 + tf.math.erf(x / math.sqrt(2.0)))
-
     _assert_all_close(
-        _value_and_gradients(tensorflow_kernels.bias_gelu, h, bias), _value_and_gradients(formula, h, bias)
+        _value_and_gradients(tensorflow_kernels.bias_gelu, h, bias), _value_and_gradients(_bias_gelu_formula, h, bias)
     )
 
 
@@ -142,38 +147,27 @@ def _gradient_penalty_gradients(fn, *inputs):
 
 
 def _kernels_and_formulas():
-    """(name, a kernel, the same function in TensorFlow ops as the tests above spell it, inputs)."""
+    """By kernel name: (the kernel, its function in TensorFlow ops as the tests above spell it, inputs)."""
     heads, head_dim, scale = 2, 5, 1 / math.sqrt(5)
     qkv = RNG.normal(size=(2, 9, 3 * heads * head_dim)).astype("float32")
     bias = RNG.normal(size=3 * heads * head_dim).astype("float32")
     x = RNG.normal(1.0, 2.0, size=(4, 11)).astype("float32")
     gamma, beta = RNG.normal(size=11).astype("float32"), RNG.normal(size=11).astype("float32")
-
-    def layer_norm(x, g, b):
-        mean = tf.reduce_mean(x, -1, keepdims=True)
-        return (x - mean) / tf.sqrt(tf.reduce_mean(tf.square(x - mean), -1, keepdims=True) + 1e-6) * g + b
-
-    def split_heads(qkv, bias):
-        parts = tf.transpose(tf.reshape(qkv + bias, (2, 9, 3, heads, head_dim)), (2, 0, 3, 1, 4))
-        return parts[0] * scale, parts[1], parts[2]
-
-    def bias_gelu(h, bias):
-        return 0.5 * (h + bias) * (1.0 + tf.math.erf((h + bias) / math.sqrt(2.0)))
-
-    return [
-        ("layer_norm", lambda *t: tensorflow_kernels.layer_norm(*t, 1e-6), layer_norm, (x, gamma, beta)),
-        ("softmax", tensorflow_kernels.softmax, tf.nn.softmax, (RNG.normal(0.0, 2.0, size=(2, 3, 7)).astype("float32"),)),
-        ("split_heads", lambda *t: tensorflow_kernels.split_heads(*t, heads, scale), split_heads, (qkv, bias)),
-        ("attention", lambda *t: tensorflow_kernels.attention(*t, heads, scale),
-         lambda *t: _attention_reference(*t, heads, scale), (qkv, bias)),
-        ("bias_gelu", tensorflow_kernels.bias_gelu, bias_gelu, (x, gamma)),
-    ]
+    return {
+        "layer_norm": (lambda *t: tensorflow_kernels.layer_norm(*t, 1e-6), _layer_norm_formula, (x, gamma, beta)),
+        "softmax": (tensorflow_kernels.softmax, tf.nn.softmax, (RNG.normal(0.0, 2.0, size=(2, 3, 7)).astype("float32"),)),
+        "split_heads": (lambda *t: tensorflow_kernels.split_heads(*t, heads, scale),
+                        lambda *t: _split_heads_reference(*t, heads, scale), (qkv, bias)),
+        "attention": (lambda *t: tensorflow_kernels.attention(*t, heads, scale),
+                      lambda *t: _attention_reference(*t, heads, scale), (qkv, bias)),
+        "bias_gelu": (tensorflow_kernels.bias_gelu, _bias_gelu_formula, (x, gamma)),
+    }
 
 
-@pytest.mark.parametrize("case", range(5), ids=["layer_norm", "softmax", "split_heads", "attention", "bias_gelu"])
-def test_second_order_gradients_through_every_kernel_are_the_formulas(case):
+@pytest.mark.parametrize("kernel_name", ["layer_norm", "softmax", "split_heads", "attention", "bias_gelu"])
+def test_second_order_gradients_through_every_kernel_are_the_formulas(kernel_name):
     """A gradient penalty differentiates the kernels' gradient ops, eagerly and in a graph."""
-    _, kernel, formula, inputs = _kernels_and_formulas()[case]
+    kernel, formula, inputs = _kernels_and_formulas()[kernel_name]
     inputs = [tf.constant(v) for v in inputs]
     expected = [g.numpy() for g in _gradient_penalty_gradients(formula, *inputs)]
     eager = [g.numpy() for g in _gradient_penalty_gradients(kernel, *inputs)]
