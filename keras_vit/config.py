@@ -6,9 +6,13 @@ from collections.abc import Sequence
 from keras_vit.preprocessing import Preprocessing
 from keras_vit.resize import RESIZE_METHODS
 
-# "token": the class token; "gap": the mean of the patch tokens; "map": attention pooling
-# with a learned query (big_vision's MAPHead, SigLIP).
-POOLING_MODES = ("token", "gap", "map")
+# "token": the class token; "gap": the mean of the patch tokens; "max": their maximum per
+# channel (timm's global_pool="max"); "map": attention pooling with a learned query
+# (big_vision's MAPHead, SigLIP).
+POOLING_MODES = ("token", "gap", "max", "map")
+PATCH_POOLINGS = ("gap", "max")  # read the patch tokens alone
+# keras.applications' names for the same poolings ("max" is the same word in both).
+POOLING_ALIASES = {"avg": "gap"}
 MLP_ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 
 # Width, depth, heads and MLP size of each model size, as in the ViT paper
@@ -54,12 +58,12 @@ class ViTConfig:
     Sizes: `image_size` and `patch_size` accept an int or a (height, width) pair and are
     stored as pairs; `hidden_dim`, `num_layers`, `num_heads`, `mlp_dim`.
 
-    Tokens and pooling: `class_token` (None: one, except for `gap` and `map` pooling),
+    Tokens and pooling: `class_token` (None: one, except for `gap`, `max` and `map` pooling),
     `distillation_token` (DeiT: a second token with its own head `head_dist`; the logits are
     the mean of the two heads), `num_register_tokens` (learned tokens after the class token,
     never pooled), `embed_prefix_tokens` (False: the position embedding covers the patch grid
-    only, as timm's `no_embed_class`), `pooling` (`POOLING_MODES`, or None for the token
-    sequence), `fc_norm` (the final LayerNorm after pooling instead of before, as timm's
+    only, as timm's `no_embed_class`), `pooling` (`POOLING_MODES`, keras.applications' `"avg"`
+    stored as `"gap"`, or None for the token sequence), `fc_norm` (the final LayerNorm after pooling instead of before, as timm's
     `fc_norm`; MAE, `*_gap` models; with `pooling=None` the tokens have no final norm).
 
     Blocks: `layer_scale_init` (None, or the initial value of a learned per-channel scale on
@@ -125,8 +129,10 @@ class ViTConfig:
             raise ValueError(f"preprocessing must be a keras_vit Preprocessing, got {self.preprocessing!r}.")
         if self.labels is not None and not isinstance(self.labels, str):
             set_("labels", tuple(str(name) for name in self.labels))
+        if isinstance(self.pooling, str):
+            set_("pooling", POOLING_ALIASES.get(self.pooling, self.pooling))
         if self.class_token is None:
-            set_("class_token", self.pooling not in ("gap", "map") or self.distillation_token)
+            set_("class_token", self.pooling not in PATCH_POOLINGS + ("map",) or self.distillation_token)
         self._check_sizes()
         self._check_tokens_and_pooling()
         for key in ("dropout_rate", "attention_dropout_rate", "drop_path_rate"):
@@ -165,7 +171,7 @@ class ViTConfig:
     def _check_tokens_and_pooling(self):
         if self.pooling not in POOLING_MODES + (None,):
             raise ValueError(
-                f"Unknown pooling {self.pooling!r}: expected one of {POOLING_MODES}, "
+                f"Unknown pooling {self.pooling!r}: expected one of {POOLING_MODES} ('avg' is 'gap'), "
                 "or None for the whole token sequence (include_top=False only)."
             )
         if self.pooling is None and self.include_top:

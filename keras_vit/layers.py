@@ -172,6 +172,7 @@ class PatchEmbedding(keras.layers.Layer):
             padding="valid",
             use_bias=use_bias,
             kernel_initializer="lecun_normal",
+            data_format="channels_last",  # images are [B, H, W, C] whatever keras.config's default
             dtype=self.dtype_policy,
             name="projection",
         )
@@ -611,6 +612,7 @@ class TokenPooling(keras.layers.Layer):
 
     `token`: the token at `token_index` (0, the class token; 1, DeiT's distillation token).
     `gap`: the mean of the patch tokens (the `num_prefix_tokens` before them excluded).
+    `max`: their maximum, channel by channel.
     Input: [B, T, D]. Output: [B, D].
     """
 
@@ -624,6 +626,8 @@ class TokenPooling(keras.layers.Layer):
         if self.mode == "token":
             # Not `tokens[:, i]`: XNNPACK has no kernel for a slice that drops an axis.
             return ops.reshape(tokens[:, self.token_index : self.token_index + 1], (-1, tokens.shape[-1]))
+        if self.mode == "max":
+            return ops.max(tokens[:, self.num_prefix_tokens :], axis=1)
         return ops.mean(tokens[:, self.num_prefix_tokens :], axis=1)
 
     def compute_output_shape(self, input_shape):

@@ -178,18 +178,27 @@ class _FromWeights:
 FROM_WEIGHTS = _FromWeights()
 
 
-def _resolve_image_size(image_size, input_shape, default):
-    """((height, width) or an int, channels) from `image_size` or `input_shape`; `default`
-    when neither is given."""
-    image_size = None if image_size is FROM_WEIGHTS else image_size
-    if input_shape is not None:
-        if len(input_shape) != 3:
-            raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}.")
-        shape_size = tuple(input_shape[:2])
-        if image_size is not None and ViTConfig(image_size=image_size, patch_size=1).image_size != shape_size:
-            raise ValueError(f"image_size {image_size!r} and input_shape {input_shape!r} disagree.")
-        return shape_size, input_shape[2]
-    return (default if image_size is None else image_size), 3
+def _input_size(image_size, input_shape, input_tensor):
+    """The input's (height, width), channels and whether it takes any size, read as
+    keras.applications reads them: from `input_shape`, else from `input_tensor`'s shape,
+    else `image_size` with 3 channels. A side given as None means any size at run time;
+    `image_size` then stays the size of the position embedding's grid (None: the default).
+    Raises `ValueError` when they disagree."""
+    given = "input_shape"
+    if input_shape is None and input_tensor is not None:
+        if len(input_tensor.shape) != 4:
+            raise ValueError(f"input_tensor must be [batch, height, width, channels], got shape {input_tensor.shape}.")
+        given, input_shape = "input_tensor shape", tuple(input_tensor.shape[1:])
+    if input_shape is None:
+        return image_size, 3, False
+    if len(input_shape) != 3 or input_shape[2] is None:
+        raise ValueError(f"{given} must be (height, width, channels) with a known channel count, got {input_shape!r}.")
+    sides = tuple(input_shape[:2])
+    if None in sides:
+        return image_size, input_shape[2], True
+    if image_size is not None and ViTConfig(image_size=image_size, patch_size=1).image_size != sides:
+        raise ValueError(f"image_size {image_size!r} and {given} {input_shape!r} disagree.")
+    return sides, input_shape[2], False
 
 
 def _build_with_weights(config, weights, explicit, input_tensor, name):
@@ -241,10 +250,11 @@ def VisionTransformer(
         num_classes: classifier outputs (with `include_top`); default 1000, or the
             checkpoint's when `weights` has a classifier.
         include_top: with the classifier; without it the model returns features.
-        pooling: `"token"` (class token), `"gap"` (mean of patch tokens, no class token
-            unless `class_token=True`), `"map"` (attention pooling with a learned query),
-            or None for the whole [B, T, D] token sequence (only with `include_top=False`).
-            Default "token", or the checkpoint's head when `weights` has one.
+        pooling: `"token"` (class token), `"gap"` or `"avg"` (mean of the patch tokens, no
+            class token unless `class_token=True`), `"max"` (their maximum per channel),
+            `"map"` (attention pooling with a learned query), or None for the whole
+            [B, T, D] token sequence (only with `include_top=False`). Default "token", or
+            the checkpoint's head when `weights` has one.
         representation_size: width of the pre-logits Dense + tanh layer; None for none.
             Default none, or the checkpoint's pre-logits layer when `weights` has one
             (pass None to drop it).
@@ -259,8 +269,11 @@ def VisionTransformer(
             LayerScale, pooling head, ...) and its source (MLP activation, LayerNorm
             epsilon); one given that contradicts it is an error. Named weights also set
             the preprocessing and labels they were published with.
-        input_shape: (height, width, channels), an alternative to `image_size`.
-        input_tensor: an existing Keras tensor to use as the model's input.
+        input_shape: (height, width, channels), an alternative to `image_size`; with None
+            sides, any size at run time (`dynamic_image_size=True`; `image_size` is then
+            the size of the position embedding's grid).
+        input_tensor: an existing Keras tensor [B, H, W, C] to use as the model's input;
+            its shape sets the image size when neither of the above is given.
         **options: further `ViTConfig` fields: the family options (`class_token`,
             `distillation_token`, `num_register_tokens`, `embed_prefix_tokens`, `fc_norm`,
             `layer_scale_init`, `mlp_activation`, `pre_norm`, `patch_bias`),
@@ -270,11 +283,15 @@ def VisionTransformer(
     explicit |= {"mlp_activation"} if "gelu_approximate" in options else set()
     passed = (("num_classes", num_classes), ("representation_size", representation_size), ("pooling", pooling))
     explicit |= {key for key, value in passed if value is not FROM_WEIGHTS}
-    if image_size is not FROM_WEIGHTS or input_shape is not None or input_tensor is not None:
+    size, channels, any_size = _input_size(None if image_size is FROM_WEIGHTS else image_size, input_shape, input_tensor)
+    if size is not None:
         explicit.add("image_size")
-    size, channels = _resolve_image_size(image_size, input_shape, 224)
+    if any_size:
+        if options.get("dynamic_image_size", True) is not True:
+            raise ValueError(f"an input of any size ({input_shape or input_tensor.shape}) needs dynamic_image_size=True.")
+        options["dynamic_image_size"] = True
     config = ViTConfig(
-        image_size=size,
+        image_size=224 if size is None else size,
         patch_size=patch_size,
         hidden_dim=hidden_dim,
         num_layers=num_layers,
@@ -305,15 +322,16 @@ Args:
     include_top: with the classifier; without it the model returns features.
     weights: None, a checkpoint path or URL, or a weights name of this variant
         (`keras_vit.weights.available_weights("{variant}")`).
-    input_shape: (height, width, channels), or use `image_size`.
+    input_shape: (height, width, channels), or use `image_size`; (None, None, 3) for
+        any size at run time.
     image_size: int or (height, width), multiples of {patch}; default 224, or the size
         named `weights` were trained at.
-    pooling: "token", "gap", "map", or None (token sequence, with include_top=False);
-        default "token", or the head of `weights`.
+    pooling: "token", "gap" (or "avg"), "max", "map", or None (token sequence, with
+        include_top=False); default "token", or the head of `weights`.
     num_classes: classifier outputs; default 1000, or the classifier of `weights`.
     classifier_activation: None for logits, or e.g. "softmax".
     name: the model's name.
-    input_tensor: an existing Keras tensor to use as the input.
+    input_tensor: an existing Keras tensor to use as the input (its shape sets the size).
     **overrides: any other `VisionTransformer` keyword (e.g. `drop_path_rate`).
 """
 

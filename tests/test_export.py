@@ -630,6 +630,8 @@ FAMILY_FUSIONS = {
     "dinov2_reg4": ({"Attention": 1, "LayerNormalization": 5, "Gelu": 2}, {"Softmax": 1}),
     "reg4_gap": ({"Attention": 2, "LayerNormalization": 5, "Gelu": 2}, {}),
     "mae_avg": ({"Attention": 2, "LayerNormalization": 5, "Gelu": 2}, {}),
+    "max": ({"Attention": 2, "LayerNormalization": 5, "Gelu": 2}, {}),
+    "token_max_fc_norm": ({"Attention": 2, "LayerNormalization": 5, "Gelu": 2}, {}),
     "clip": ({"Attention": 1, "LayerNormalization": 6, "QuickGelu": 2}, {"Softmax": 1}),
     "siglip_map": ({"Attention": 2, "LayerNormalization": 6, "Gelu": 3}, {"Softmax": 1}),  # the MAP head's one query
     "deit_distilled": ({"Attention": 1, "LayerNormalization": 5, "Gelu": 2}, {"Softmax": 1}),

@@ -25,6 +25,8 @@ FAMILIES = {
     "dinov2_reg4": dict(layer_scale_init=0.1, num_register_tokens=4, embed_prefix_tokens=False),
     "reg4_gap": dict(class_token=False, num_register_tokens=4, embed_prefix_tokens=False, pooling="gap", fc_norm=True),
     "mae_avg": dict(class_token=True, pooling="gap", fc_norm=True),
+    "max": dict(pooling="max"),  # no class token (as gap); timm global_pool="max"
+    "token_max_fc_norm": dict(class_token=True, pooling="max", fc_norm=True),
     "clip": dict(pre_norm=True, patch_bias=False, mlp_activation="quick_gelu"),
     "siglip_map": dict(pooling="map"),
     "deit_distilled": dict(distillation_token=True),
@@ -96,6 +98,8 @@ def np_vit(w, c, images):
         pooled = x[:, 0]
     elif c.pooling == "gap":
         pooled = x[:, n:].mean(1)
+    elif c.pooling == "max":
+        pooled = x[:, n:].max(1)
     else:  # MAP: a learned query attends to the patch tokens, then x + MLP(LN(x))
         p = "attention_pooling"
         query = np.repeat(w[f"{p}/latent"], b, axis=0) @ w[f"{p}/query/kernel"] + w[f"{p}/query/bias"]
@@ -158,6 +162,18 @@ def test_family_checkpoints_reproduce_timm_with_the_options_read_from_them(fixtu
     assert np.abs(features.predict(images, verbose=0) - np.load(folder / "pre_logits.npy")).max() <= TOLERANCE
     tokens = keras_vit.VisionTransformer(weights=str(folder / "model.safetensors"), include_top=False, pooling=None, **BASE, **passed)
     assert np.abs(tokens.predict(images, verbose=0) - np.load(folder / "features.npy")).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("pooling, reduce", [("avg", np.mean), ("gap", np.mean), ("max", np.max)])
+def test_patch_pooling_of_a_class_token_checkpoint_pools_timms_patch_features(fixtures_dir, pooling, reduce):
+    """timm's `global_pool="avg"` / `"max"` on a class-token model: the mean or maximum of
+    the patch tokens of `forward_features` (the class token left out); "avg" is
+    keras.applications' name for "gap"."""
+    folder, images = _fixture(fixtures_dir, "i32_p4_token")
+    model = keras_vit.VisionTransformer(weights=str(folder / "model.safetensors"), include_top=False, pooling=pooling, **BASE)
+    assert model.vit_config.pooling == {"avg": "gap"}.get(pooling, pooling) and model.vit_config.class_token
+    expected = reduce(np.load(folder / "features.npy")[:, 1:], axis=1)
+    assert np.abs(model.predict(images, verbose=0) - expected).max() <= TOLERANCE
 
 
 def test_grid_only_position_embedding_is_resized_as_timm_does(fixtures_dir):

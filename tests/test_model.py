@@ -93,6 +93,45 @@ def test_applications_signature_accepts_input_shape_and_classifier_activation():
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
 
 
+def test_input_tensor_decides_the_image_size_as_in_keras_applications():
+    model = keras_vit.ViTTi16(input_tensor=keras.Input((32, 48, 1)), num_classes=3, num_layers=1)
+    assert model.input_shape == (None, 32, 48, 1)
+    assert model.vit_config.image_size == (32, 48) and model.vit_config.num_channels == 1
+    assert model.predict(np.zeros((2, 32, 48, 1)), verbose=0).shape == (2, 3)
+
+
+def test_an_input_shape_of_any_size_builds_a_dynamic_image_size_model():
+    """`input_shape=(None, None, 3)`, as keras.applications takes it: any size at run time,
+    the position embedding sized for `image_size` (224 unless given) and resized per call;
+    the same model as `dynamic_image_size=True`."""
+    keras.utils.set_random_seed(3)
+    model = keras_vit.ViTTi16(input_shape=(None, None, 3), image_size=32, num_classes=3, num_layers=1)
+    keras.utils.set_random_seed(3)
+    reference = keras_vit.ViTTi16(image_size=32, dynamic_image_size=True, num_classes=3, num_layers=1)
+    assert model.input_shape == (None, None, None, 3) and model.vit_config == reference.vit_config
+    assert keras_vit.ViTTi16(input_shape=(None, None, 3), num_layers=1).vit_config.image_size == (224, 224)
+    randomise(model, seed=2)
+    reference.set_weights(model.get_weights())
+    for height, width in ((32, 32), (48, 32)):
+        images = np.random.RandomState(height).uniform(-1, 1, (2, height, width, 3)).astype("float32")
+        assert model(images).shape == (2, 3)
+        np.testing.assert_allclose(model(images), reference(images), atol=1e-6)
+
+
+def test_the_model_takes_channels_last_images_whatever_the_keras_image_data_format():
+    """keras.applications' builders follow `keras.config.image_data_format()`; a ViT's input
+    is [B, H, W, C] always, so a "channels_first" default must not reach its patch Conv2D."""
+    reference = tiny(num_layers=1)
+    randomise(reference, seed=4)
+    keras.config.set_image_data_format("channels_first")
+    try:
+        model = tiny(num_layers=1)
+    finally:
+        keras.config.set_image_data_format("channels_last")
+    model.set_weights(reference.get_weights())
+    np.testing.assert_allclose(model(IMAGES), reference(IMAGES), atol=1e-6)
+
+
 def test_inference_is_deterministic_and_dropout_and_drop_path_only_act_in_training():
     model = tiny(dropout_rate=0.3, attention_dropout_rate=0.3, drop_path_rate=0.3)
     randomise(model, seed=1)  # the zero-initialised head would hide any difference
@@ -235,12 +274,15 @@ def test_mixed_precision_builds_trains_and_predicts_with_float32_logits(policy):
         (dict(image_size=30), "patch_size 4x4 does not divide image_size 30x30"),
         (dict(image_size=(32, 30)), "patch_size 4x4 does not divide image_size 32x30"),
         (dict(num_heads=5), "num_heads 5 does not divide hidden_dim 32"),
-        (dict(pooling="max"), "Unknown pooling 'max'"),
+        (dict(pooling="mean"), "Unknown pooling 'mean'"),
         (dict(pooling=None), "pooling=None .* needs include_top=False"),
         (dict(pooling="token", class_token=False), "pooling='token' needs class_token=True"),
         (dict(dropout_rate=1.0), "dropout_rate must be in"),
         (dict(image_size=(32, 32, 3)), "image_size must be an int or a \\(height, width\\) pair"),
         (dict(input_shape=(64, 64, 3)), "image_size 32 and input_shape \\(64, 64, 3\\) disagree"),
+        (dict(input_tensor=keras.Input((64, 64, 3))), "image_size 32 and input_tensor shape \\(64, 64, 3\\) disagree"),
+        (dict(input_shape=(None, None, 3), dynamic_image_size=False), "any size .* needs dynamic_image_size=True"),
+        (dict(input_shape=(32, 32, None)), "known channel count"),
     ],
 )
 def test_bad_configuration_raises_a_clear_value_error(kwargs, message):

@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from keras_vit.config import config_of
+from keras_vit.config import PATCH_POOLINGS, config_of
 from keras_vit.resize import resize_position_embedding
 from keras_vit.weights.checkpoint import read_checkpoint
 from keras_vit.weights.errors import CheckpointError
@@ -381,9 +381,9 @@ def _compatible(key, config, shown_options):
     if key == "layer_scale_init":
         return (asked is None) == (shown is None)  # the initial value itself is not recorded
     if key == "pooling":
-        # The token sequence (None) leaves any head out; a class-token checkpoint may be
-        # mean-pooled instead.
-        return asked is None or asked == shown or (asked == "gap" and shown == "token")
+        # The token sequence (None) leaves any head out; the patch tokens of a checkpoint
+        # without a pooling head (class token or not) may be mean- or max-pooled instead.
+        return asked is None or asked == shown or (asked in PATCH_POOLINGS and shown in ("token", "gap"))
     if key == "embed_prefix_tokens":
         checkpoint_prefix = shown_options["class_token"] + shown_options["distillation_token"] + shown_options["num_register_tokens"]
         if not (config.num_prefix_tokens and checkpoint_prefix):
