@@ -29,6 +29,9 @@ setup(
         "train": [
             "keras-cv>=0.9,<0.10",
             "tensorflow-datasets>=4.9.10,<5",
+            # As of tensorflow-datasets 4.9.10 (2026-12), preparing a dataset imports
+            # importlib_resources, declared for Python < 3.9 only (tensorflow/datasets#11212).
+            "importlib_resources>=6,<8",
             "scikit-learn>=1.5,<2",
             "matplotlib>=3.8,<4",
             "pyyaml>=6,<7",

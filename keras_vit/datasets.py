@@ -192,6 +192,21 @@ def _tfds_split_names(builder):
     return list(builder.info.splits.keys())
 
 
+def _tfds_prepare(builder, name):
+    """Downloads and prepares a TFDS dataset once (nothing to do when it is prepared). A failure
+    (no network, a manual download missing, a full disk) is a `ValueError` that names the
+    dataset, its folder and TFDS's reason, not TFDS's stack trace."""
+    try:
+        builder.download_and_prepare()
+    except Exception as error:  # noqa: BLE001 - network, checksum, manual-download and disk errors alike
+        reason = " ".join(str(error).split())[:500] or type(error).__name__
+        raise ValueError(
+            f"Could not download and prepare TFDS dataset {name!r} in {builder.data_dir_root}: "
+            f"{type(error).__name__}: {reason}. If this machine has no network, prepare it where there is one "
+            f"(`tfds build {name} --data_dir DIR`) and pass that folder as --data-dir."
+        ) from error
+
+
 def _tfds_facts(name, data_dir, test_fraction, seed):
     tfds = _tfds_module()
     known = tfds.list_builders()
@@ -207,6 +222,7 @@ def _tfds_facts(name, data_dir, test_fraction, seed):
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as error:  # noqa: BLE001 - TFDS raises many kinds; report them plainly
         raise ValueError(f"Could not open TFDS dataset {name!r}: {error}") from error
+    _tfds_prepare(builder, name)
     info = builder.info
     splits = _tfds_split_names(builder)
     label = info.features["label"] if "label" in info.features else None

@@ -1,6 +1,7 @@
 """keras_vit.datasets: facts, the three splits (validation held out of train, never the test
 split unless asked), load_images, and bad input."""
 
+import functools
 import json
 
 import numpy as np
@@ -114,6 +115,65 @@ def test_tfds_with_mock_data(tmp_path, monkeypatch):
         flowers = datasets.resolve_dataset("oxford_flowers102", data_dir=str(tmp_path))
         assert flowers["validation"]["source"] == "split" and flowers["validation_split"] == "validation"
         assert flowers["test_split"] == "test" and flowers["num_validation"] == 20
+
+
+@functools.cache
+def _local_tfds_builders():
+    """Two TFDS builders defined here, registered once per process: "keras_vit_test_shades"
+    generates 24 train and 8 test 8x8 images of two grey levels without a network;
+    "keras_vit_test_unreachable" first downloads from a host that cannot resolve (.invalid,
+    RFC 2606), as a machine without a network sees any download."""
+    import tensorflow_datasets as tfds
+
+    def info(self):
+        features = {"image": tfds.features.Image(shape=(8, 8, 3)), "label": tfds.features.ClassLabel(names=["dark", "light"])}
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features), supervised_keys=("image", "label"))
+
+    def generate_examples(self, count):
+        for i in range(count):
+            yield i, {"image": np.full((8, 8, 3), 40 + 150 * (i % 2), np.uint8), "label": i % 2}
+
+    def local_splits(self, dl_manager):
+        return {"train": self._generate_examples(24), "test": self._generate_examples(8)}
+
+    def unreachable_splits(self, dl_manager):
+        dl_manager.download("https://keras-vit-test.invalid/shades.tar.gz")
+        return local_splits(self, dl_manager)
+
+    def builder(class_name, split_generators):
+        namespace = {"VERSION": tfds.core.Version("1.0.0"), "_info": info, "_split_generators": split_generators, "_generate_examples": generate_examples}
+        # In a package's module, as TFDS's own builders are: TFDS then looks for the builder's
+        # checksums beside its code, which is what imports importlib_resources.
+        namespace["__module__"] = "keras_vit.tfds_test_builders"
+        return type(class_name, (tfds.core.GeneratorBasedBuilder,), namespace)
+
+    return builder("KerasVitTestShades", local_splits), builder("KerasVitTestUnreachable", unreachable_splits)
+
+
+def test_a_tfds_dataset_is_prepared_on_first_use_and_read_from_its_folder(tmp_path):
+    """The real TFDS path that mock_data skips: the builder prepares the dataset in data_dir
+    (its files written there), then its splits are read back with their labels."""
+    _local_tfds_builders()
+    facts = datasets.resolve_dataset("keras_vit_test_shades", data_dir=str(tmp_path))
+    assert list(tmp_path.glob("keras_vit_test_shades/1.0.0/*.tfrecord*"))
+    assert facts["class_names"] == ["dark", "light"] and facts["test_split"] == "test" and facts["num_test"] == 8
+    assert facts["num_train"] + facts["num_validation"] == 24
+    images, labels = datasets.load_images(facts, "test", (8, 8))
+    np.testing.assert_array_equal(images[:, 0, 0, 0], np.where(labels == 1, 190, 40))
+
+
+def test_a_tfds_dataset_that_cannot_be_downloaded_is_one_clear_error(tmp_path, monkeypatch):
+    from tensorflow_datasets.core.download import downloader
+
+    _local_tfds_builders()
+    # TFDS retries a failed request 10 times with exponential back-off (about 200 s).
+    monkeypatch.setattr(downloader, "MAX_RETRIES", 0)
+    with pytest.raises(ValueError) as error:
+        datasets.resolve_dataset("keras_vit_test_unreachable", data_dir=str(tmp_path))
+    message = str(error.value)
+    assert message.startswith(f"Could not download and prepare TFDS dataset 'keras_vit_test_unreachable' in {tmp_path}: ")
+    assert "keras-vit-test.invalid" in message and "tfds build keras_vit_test_unreachable --data_dir DIR" in message
+    assert not list(tmp_path.glob("keras_vit_test_unreachable/1.0.0/*.tfrecord*"))
 
 
 def _whole_train_split(facts):
