@@ -62,9 +62,10 @@ class ViTConfig:
     `distillation_token` (DeiT: a second token with its own head `head_dist`; the logits are
     the mean of the two heads), `num_register_tokens` (learned tokens after the class token,
     never pooled), `embed_prefix_tokens` (False: the position embedding covers the patch grid
-    only, as timm's `no_embed_class`), `pooling` (`POOLING_MODES`, keras.applications' `"avg"`
-    stored as `"gap"`, or None for the token sequence), `fc_norm` (the final LayerNorm after pooling instead of before, as timm's
-    `fc_norm`; MAE, `*_gap` models; with `pooling=None` the tokens have no final norm).
+    only, as timm's `no_embed_class`), `pooling` (`POOLING_MODES`, keras.applications'
+    `"avg"` stored as `"gap"`, or None for the token sequence), `fc_norm` (the final
+    LayerNorm after pooling instead of before, as timm's `fc_norm`; MAE, `*_gap` models;
+    with `pooling=None` the tokens have no final norm).
 
     Blocks: `layer_scale_init` (None, or the initial value of a learned per-channel scale on
     both residual branches: DeiT-3, DINOv2), `mlp_activation` (`MLP_ACTIVATIONS`: exact GELU,
