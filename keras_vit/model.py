@@ -286,10 +286,8 @@ def VisionTransformer(
     size, channels, any_size = _input_size(None if image_size is FROM_WEIGHTS else image_size, input_shape, input_tensor)
     if size is not None:
         explicit.add("image_size")
-    if any_size:
-        if options.get("dynamic_image_size", True) is not True:
-            raise ValueError(f"an input of any size ({input_shape or input_tensor.shape}) needs dynamic_image_size=True.")
-        options["dynamic_image_size"] = True
+    if any_size and not options.setdefault("dynamic_image_size", True):
+        raise ValueError(f"an input of any size ({input_shape or input_tensor.shape}) needs dynamic_image_size=True.")
     config = ViTConfig(
         image_size=224 if size is None else size,
         patch_size=patch_size,
